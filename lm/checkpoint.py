@@ -1,0 +1,166 @@
+"""The model directory: ``config.json``, ``tokenizer.model`` and ``model.pt`` (a plain state dict).
+
+Everything needed to score is in the directory, so loading never needs the training flags again.
+Weights are read with ``torch.load(weights_only=True)``: a file that carries pickled code is refused
+before any of it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from lm.model import ModelConfig, RnnLanguageModel
+from lm.tokenizer import Tokenizer, TokenizerError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.model"
+WEIGHTS_FILE = "model.pt"
+TIED_KEY = "output_linear.weight"
+
+
+class ModelDirError(ValueError):
+    """A model directory is missing, incomplete, corrupt or inconsistent; the message names the file."""
+
+
+@dataclass
+class LanguageModel:
+    """A loaded model directory: the network, its tokenizer and the recorded settings."""
+
+    model: RnnLanguageModel
+    tokenizer: Tokenizer
+    path: Path
+    config: dict = field(default_factory=dict)
+
+    @property
+    def direction(self) -> str:
+        """"forward" (left to right) or "backward" (trained on token-reversed text)."""
+        return self.config.get("direction", "forward")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Call ``write(file_object)`` on a temporary file beside ``path`` and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: dict) -> None:
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def save_model_dir(
+    out_dir: Path,
+    model: RnnLanguageModel,
+    tokenizer: Tokenizer,
+    config: dict,
+    weights_dtype: torch.dtype = torch.float32,
+) -> None:
+    """Write a complete model directory; each file is replaced atomically, weights last-but-one."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if tokenizer.path.resolve() != (out_dir / TOKENIZER_FILE).resolve():
+        data = tokenizer.path.read_bytes()
+        atomic_write_bytes(out_dir / TOKENIZER_FILE, lambda f: f.write(data))
+    state = {k: v.detach().to("cpu", weights_dtype).clone() for k, v in model.state_dict().items()}
+    if model.config.tie_weights:
+        del state[TIED_KEY]  # the same tensor as the embedding; restored on load
+    atomic_write_bytes(out_dir / WEIGHTS_FILE, lambda f: torch.save(state, f))
+    full = {
+        "format_version": FORMAT_VERSION,
+        "model": asdict(model.config),
+        "tokenizer_ids": tokenizer.describe(),
+        **config,
+    }
+    atomic_write_json(out_dir / CONFIG_FILE, full)
+
+
+def read_config(model_dir: Path) -> dict:
+    """Parse and check ``config.json``."""
+    path = Path(model_dir) / CONFIG_FILE
+    if not Path(model_dir).is_dir():
+        raise ModelDirError(f"{model_dir}: not a model directory (no such directory)")
+    if not path.is_file():
+        raise ModelDirError(f"{path}: missing; a model directory needs {CONFIG_FILE}, {TOKENIZER_FILE}, {WEIGHTS_FILE}")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelDirError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(config, dict) or config.get("format_version") != FORMAT_VERSION:
+        raise ModelDirError(f"{path}: expected format_version {FORMAT_VERSION}")
+    try:
+        config["model_config"] = ModelConfig(**config["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelDirError(f"{path}: bad 'model' settings ({e})") from e
+    return config
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Read a state dict without unpickling arbitrary objects."""
+    if not path.is_file():
+        raise ModelDirError(f"{path}: missing weights file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated, corrupt or unsafe files
+        reason = "unsafe content refused" if "weights_only" in str(e) or "Unpickl" in type(e).__name__ else "corrupt"
+        raise ModelDirError(f"{path}: cannot load weights ({reason}: {str(e).splitlines()[0][:200]})") from e
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelDirError(f"{path}: expected a state dict of tensors")
+    return state
+
+
+def load_model_dir(model_dir: Path, device: str | torch.device = "cpu") -> LanguageModel:
+    """Load a model directory for scoring (eval mode, float32 weights on ``device``)."""
+    model_dir = Path(model_dir)
+    config = read_config(model_dir)
+    try:
+        tokenizer = Tokenizer(model_dir / TOKENIZER_FILE)
+    except TokenizerError as e:
+        raise ModelDirError(str(e)) from e
+    model_config: ModelConfig = config.pop("model_config")
+    if tokenizer.describe() != config.get("tokenizer_ids") or tokenizer.vocab_size != model_config.vocab_size:
+        raise ModelDirError(
+            f"{model_dir / TOKENIZER_FILE}: tokenizer ({tokenizer.describe()}) does not match "
+            f"{CONFIG_FILE} (vocab_size {model_config.vocab_size}, ids {config.get('tokenizer_ids')})"
+        )
+    model = RnnLanguageModel(model_config)
+    state = load_weights(model_dir / WEIGHTS_FILE)
+    if model_config.tie_weights and "input_embedding.weight" in state:
+        state[TIED_KEY] = state["input_embedding.weight"]
+    try:
+        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    except RuntimeError as e:
+        raise ModelDirError(f"{model_dir / WEIGHTS_FILE}: weights do not match {CONFIG_FILE} ({str(e)[:300]})") from e
+    model.to(device).eval()
+    return LanguageModel(model=model, tokenizer=tokenizer, path=model_dir, config=config)
+
+
+def copy_model_dir(src: Path, dst: Path) -> None:
+    """Copy the three files of a model directory (used to publish the best checkpoint)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in (CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE):
+        shutil.copyfile(src / name, dst / name)

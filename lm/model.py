@@ -1,0 +1,122 @@
+"""The recurrent language model: embedding, a stack of LSTM/GRU/RNN layers, a tied output layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+# LSTM state is a (h, c) tuple of (num_layers, N, H) tensors; GRU and RNN states are one such tensor.
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of :class:`RnnLanguageModel`; stored in ``config.json``."""
+
+    vocab_size: int
+    embedding_dim: int = 512
+    hidden_dim: int = 512
+    num_layers: int = 2
+    cell: str = "lstm"
+    dropout: float = 0.2
+    tie_weights: bool = True
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
+        for name in ("vocab_size", "embedding_dim", "hidden_dim", "num_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+class RnnLanguageModel(nn.Module):
+    """Left-to-right recurrent LM over token ids.
+
+    With ``tie_weights`` the output layer shares the embedding matrix (Press & Wolf 2017, "Using the
+    Output Embedding to Improve Language Models"); when ``hidden_dim != embedding_dim`` a linear
+    projection maps the recurrent output down to the embedding size first.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.input_embedding = nn.Embedding(config.vocab_size, config.embedding_dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.rnn = CELLS[config.cell](
+            config.embedding_dim,
+            config.hidden_dim,
+            num_layers=config.num_layers,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+            batch_first=True,
+        )
+        output_dim = config.hidden_dim
+        self.output_projection: nn.Linear | None = None
+        if config.tie_weights and config.hidden_dim != config.embedding_dim:
+            self.output_projection = nn.Linear(config.hidden_dim, config.embedding_dim)
+            output_dim = config.embedding_dim
+        self.output_linear = nn.Linear(output_dim, config.vocab_size)
+        if config.tie_weights:
+            self.output_linear.weight = self.input_embedding.weight
+        nn.init.uniform_(self.input_embedding.weight, -0.05, 0.05)
+        nn.init.zeros_(self.output_linear.bias)
+
+    def hidden_states(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """Run the recurrent stack.
+
+        x: (N, L) int64 token ids. Returns the (N, L, D) outputs that feed the output layer and the
+        final recurrent state.
+        """
+        embedded = self.dropout(self.input_embedding(x))
+        output, state = self.rnn(embedded, state)
+        output = self.dropout(output)
+        if self.output_projection is not None:
+            output = self.output_projection(output)
+        return output, state
+
+    def token_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """log P(target | hidden) for M positions: hidden (M, D), targets (M,) -> (M,) float32.
+
+        The log-softmax normaliser is a logsumexp over the vocabulary, computed only for the rows given.
+        """
+        logits = self.output_linear(hidden).float()
+        return -F.cross_entropy(logits, targets, reduction="none")
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Per-token negative log-likelihood, the one function behind training and scoring.
+
+        x: (N, L) int64, each row ``<s> w1 .. wn`` then padding; y: (N, L) int64, ``w1 .. wn </s>``
+        then padding; lengths: (N,) number of real positions (n + 1). Returns (N, L) float32 NLL in
+        nats with padding positions set to 0. The output layer runs only on real positions.
+        """
+        output, _ = self.hidden_states(x)
+        mask = torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]
+        nll = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        nll[mask] = -self.token_logprobs(output[mask], y[mask])
+        return nll
+
+
+def select_state(state: State, index: torch.Tensor) -> State:
+    """Rows ``index`` of a batched recurrent state (the batch is dimension 1)."""
+    if isinstance(state, tuple):
+        return tuple(s.index_select(1, index) for s in state)  # type: ignore[return-value]
+    return state.index_select(1, index)
+
+
+def concat_states(states: list[State]) -> State:
+    """Concatenate recurrent states along the batch dimension."""
+    if isinstance(states[0], tuple):
+        return tuple(torch.cat(parts, dim=1) for parts in zip(*states))  # type: ignore[return-value]
+    return torch.cat(states, dim=1)  # type: ignore[arg-type]
+
+
+def zero_state(config: ModelConfig, batch: int, device: torch.device, dtype=torch.float32) -> State:
+    """The initial all-zero state for ``batch`` sequences (what the RNN uses when given None)."""
+    h = torch.zeros(config.num_layers, batch, config.hidden_dim, device=device, dtype=dtype)
+    return (h, h.clone()) if config.cell == "lstm" else h

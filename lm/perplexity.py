@@ -1,0 +1,52 @@
+"""Perplexity of a model on a text, per token, per character and per word.
+
+Per-character and per-word figures let models with different tokenisers be compared; the end of
+sentence counts as one unit in each (as n-gram toolkits count it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from lm.scorer import SentenceScorer
+
+
+@dataclass
+class PerplexityReport:
+    logprob: float  # total natural-log probability
+    sentences: int
+    tokens: int  # </s> included
+    characters: int  # non-space characters, one </s> per sentence included
+    words: int  # whitespace-separated words, one </s> per sentence included
+
+    def per(self, units: int) -> float:
+        return math.exp(-self.logprob / units) if units else math.nan
+
+    @property
+    def ppl_token(self) -> float:
+        return self.per(self.tokens)
+
+    @property
+    def ppl_char(self) -> float:
+        return self.per(self.characters)
+
+    @property
+    def ppl_word(self) -> float:
+        return self.per(self.words)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "ppl_token": self.ppl_token, "ppl_char": self.ppl_char, "ppl_word": self.ppl_word}
+
+
+def compute_perplexity(scorer: SentenceScorer, sentences: Sequence[str]) -> PerplexityReport:
+    """Score every sentence (duplicates count each time) and total the units."""
+    scores = scorer.score_detailed(sentences)
+    return PerplexityReport(
+        logprob=sum(s.logprob for s in scores),
+        sentences=len(sentences),
+        tokens=sum(s.num_tokens for s in scores),
+        characters=sum(len(t.replace(" ", "")) + 1 for t in sentences),
+        words=sum(len(t.split()) + 1 for t in sentences),
+    )

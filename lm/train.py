@@ -1,0 +1,429 @@
+"""Training the LM on a text corpus, resumable at any moment and runnable under torchrun.
+
+Layout of an output directory while training::
+
+    MODEL_DIR/config.json, tokenizer.model, model.pt   the best model so far (a usable model directory)
+    MODEL_DIR/metrics.jsonl                            one JSON line per validation
+    MODEL_DIR/train/tokenizer.model                    the tokenizer, trained once
+    MODEL_DIR/train/{train,valid}.{ids,offsets}        the tokenised corpus, memory-mapped
+    MODEL_DIR/train/last.pt                            the resumable state (weights, optimiser, position)
+
+Every file is replaced atomically, so a run killed at any moment (SIGKILL included) resumes from the
+last checkpoint with ``resume=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from lm import distributed
+from lm.checkpoint import FORMAT_VERSION, atomic_write_bytes, save_model_dir
+from lm.data import TokenizedCorpus, collate, make_batches
+from lm.model import ModelConfig, RnnLanguageModel
+from lm.progress import TrainingProgress
+from lm.tokenizer import Tokenizer, TokenizerConfig
+from lm.train_data import prepare_data
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or continue; the message says why and what is kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings; CLI options map onto these fields one to one."""
+
+    epochs: int = 30
+    max_minutes: float | None = 50.0
+    batch_tokens: int = 4096
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.02
+    warmup_steps: int = 200
+    weight_decay: float = 0.01
+    clip: float = 1.0  # gradient-norm clipping threshold; 0 disables it
+    seed: int = 1234
+    device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16
+    threads: int | None = None
+    valid_fraction: float = 0.02
+    patience: int = 4
+    max_length: int = 256
+    reverse: bool = False
+    checkpoint_minutes: float = 5.0
+    max_bad_steps: int = 20
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved in ``last.pt`` next to the weights and optimiser state."""
+
+    epoch: int = 0
+    batch_index: int = 0
+    step: int = 0
+    elapsed_s: float = 0.0
+    best_valid_loss: float = math.inf
+    bad_epochs: int = 0
+    bad_steps: int = 0
+    clipped_steps: int = 0
+    finished: bool = False
+
+
+@dataclass
+class Session:
+    """Everything one training run passes between its parts."""
+
+    model: RnnLanguageModel
+    optimizer: torch.optim.Optimizer
+    tokenizer: Tokenizer
+    train_corpus: TokenizedCorpus
+    valid_corpus: TokenizedCorpus
+    config: TrainConfig
+    device: torch.device
+    world: distributed.World
+    out_dir: Path
+    record: dict
+    state: TrainState = field(default_factory=TrainState)
+    ddp_model: torch.nn.Module | None = None
+    stop_requested: bool = False
+    started_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def work_dir(self) -> Path:
+        return self.out_dir / "train"
+
+    @property
+    def use_bf16(self) -> bool:
+        return resolve_precision(self.config.precision, self.device) == "bf16"
+
+
+def resolve_device(name: str) -> torch.device:
+    """The one place where ``auto`` becomes a device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError("--device cuda was asked for, but CUDA is not available")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """bf16 autocast on CUDA and on CPUs with native bf16 matrix units, float32 elsewhere."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+def lr_at(session: Session, total_steps: int) -> float:
+    """Linear warm-up, then cosine decay over training progress (steps or minutes, whichever is ahead)."""
+    config, state = session.config, session.state
+    if state.step < config.warmup_steps:
+        return config.lr * (state.step + 1) / config.warmup_steps
+    progress = state.step / max(total_steps, 1)
+    if config.max_minutes:
+        progress = max(progress, elapsed_s(session) / (60 * config.max_minutes))
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+def elapsed_s(session: Session) -> float:
+    return session.state.elapsed_s + time.monotonic() - session.started_at
+
+
+def compute_loss(session: Session, batch: torch.Tensor, train: bool) -> tuple[torch.Tensor, int]:
+    """Summed NLL (nats) and token count of one batch of sentence indices."""
+    corpus = session.train_corpus if train else session.valid_corpus
+    x, y, lengths = collate(corpus, batch, session.tokenizer, session.config.max_length)
+    non_blocking = session.device.type == "cuda"
+    if non_blocking:
+        x, y = x.pin_memory(), y.pin_memory()
+    x, y = x.to(session.device, non_blocking=non_blocking), y.to(session.device, non_blocking=non_blocking)
+    model = session.ddp_model if train and session.ddp_model is not None else session.model
+    with torch.autocast(session.device.type, dtype=torch.bfloat16, enabled=session.use_bf16):
+        nll = model(x, y, lengths)
+    return nll.sum(), int(lengths.sum())
+
+
+def compute_validation_loss(session: Session) -> float:
+    """Mean NLL per token on the validation set, summed over all ranks."""
+    session.model.eval()
+    generator = torch.Generator().manual_seed(0)
+    lengths = session.valid_corpus.lengths
+    batches = make_batches(lengths, session.config.batch_tokens, generator, session.config.max_length)
+    total, tokens = 0.0, 0
+    with torch.inference_mode():
+        for batch in batches[session.world.rank :: session.world.size]:
+            loss, n = compute_loss(session, batch, train=False)
+            total, tokens = total + float(loss), tokens + n
+    session.model.train()
+    total, tokens = distributed.all_reduce_sum([total, float(tokens)], session.world)
+    return total / max(tokens, 1.0)
+
+
+def epoch_batches(session: Session) -> list[torch.Tensor]:
+    """This rank's batches of the current epoch; the same on every run with the same seed."""
+    config, world = session.config, session.world
+    generator = torch.Generator().manual_seed(config.seed * 1000 + session.state.epoch)
+    batches = make_batches(session.train_corpus.lengths, config.batch_tokens, generator, config.max_length)
+    per_rank = len(batches) // world.size if world.distributed else len(batches)
+    return batches[world.rank :: world.size][:per_rank]
+
+
+def optimizer_step(session: Session, loss: torch.Tensor, tokens: int, lr: float) -> float | None:
+    """Backward, clip, step. Returns the loss per token, or None when a non-finite step was skipped."""
+    config, state = session.config, session.state
+    for group in session.optimizer.param_groups:
+        group["lr"] = lr
+    session.optimizer.zero_grad(set_to_none=True)
+    (loss / tokens).backward()
+    parameters = session.model.parameters()
+    if config.clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(parameters, config.clip)
+        state.clipped_steps += bool(norm > config.clip)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in session.model.parameters() if p.grad is not None])
+    value = float(loss.detach()) / tokens
+    if not (math.isfinite(value) and math.isfinite(float(norm))):
+        state.bad_steps += 1
+        session.optimizer.zero_grad(set_to_none=True)
+        if state.bad_steps > config.max_bad_steps:
+            raise TrainingError(
+                f"loss or gradient became non-finite in {state.bad_steps} steps (last loss {value}); "
+                f"stopped. The best model in {session.out_dir} and the checkpoint in {session.work_dir} are intact."
+            )
+        log.warning("step %d: non-finite loss or gradient, step skipped", state.step)
+        return None
+    session.optimizer.step()
+    state.step += 1
+    return value
+
+
+def out_of_time(session: Session) -> bool:
+    limit = session.config.max_minutes
+    return bool(limit) and elapsed_s(session) >= 60 * limit
+
+
+def should_stop(session: Session) -> bool:
+    """Stop on Ctrl-C or the time budget, agreed by all ranks."""
+    flag = float(session.stop_requested or out_of_time(session))
+    return distributed.all_reduce_sum([flag], session.world)[0] > 0
+
+
+def train_one_epoch(session: Session, progress: TrainingProgress, total_steps: int) -> bool:
+    """Train from the saved position to the end of the epoch. Returns False if stopped early."""
+    batches = epoch_batches(session)
+    state = session.state
+    last_checkpoint = time.monotonic()
+    progress.start_epoch(state.epoch, len(batches), state.batch_index)
+    while state.batch_index < len(batches):
+        loss, tokens = compute_loss(session, batches[state.batch_index], train=True)
+        value = optimizer_step(session, loss, tokens, lr_at(session, total_steps))
+        state.batch_index += 1
+        progress.update(value, tokens * session.world.size, elapsed_s(session), session.config.max_minutes)
+        if should_stop(session):
+            return False
+        if time.monotonic() - last_checkpoint > 60 * session.config.checkpoint_minutes:
+            save_checkpoint(session)
+            last_checkpoint = time.monotonic()
+    return True
+
+
+def end_of_epoch(session: Session, epoch_done: bool) -> None:
+    """Validate, keep the best model, log metrics, and move the position to the next epoch."""
+    state = session.state
+    valid_loss = compute_validation_loss(session)
+    improved = valid_loss < state.best_valid_loss
+    if improved:
+        state.best_valid_loss, state.bad_epochs = valid_loss, 0
+        if session.world.is_main:
+            save_model_dir(session.out_dir, session.model, session.tokenizer, model_record(session))
+    elif epoch_done:
+        state.bad_epochs += 1
+    if epoch_done:
+        state.epoch, state.batch_index = state.epoch + 1, 0
+    write_metrics(session, valid_loss, improved, epoch_done)
+
+
+def model_record(session: Session) -> dict:
+    """What ``config.json`` records besides the architecture."""
+    return {
+        **session.record,
+        "direction": "backward" if session.config.reverse else "forward",
+        "training": {**asdict(session.config), "steps": session.state.step, "epochs_done": session.state.epoch},
+        "best_valid_loss": session.state.best_valid_loss,
+        "valid_ppl_token": math.exp(min(session.state.best_valid_loss, 50)),
+    }
+
+
+def write_metrics(session: Session, valid_loss: float, improved: bool, epoch_done: bool) -> None:
+    if not session.world.is_main:
+        return
+    state = session.state
+    row = {
+        "epoch": state.epoch if epoch_done else state.epoch + 1,
+        "complete_epoch": epoch_done,
+        "step": state.step,
+        "elapsed_s": round(elapsed_s(session), 1),
+        "lr": session.optimizer.param_groups[0]["lr"],
+        "valid_loss": valid_loss,
+        "valid_ppl_token": math.exp(min(valid_loss, 50)),
+        "best": improved,
+        "clipped_fraction": state.clipped_steps / max(state.step, 1),
+        "skipped_steps": state.bad_steps,
+    }
+    with open(session.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+    log.info("epoch %s: valid ppl/token %.2f%s", row["epoch"], row["valid_ppl_token"], " (best)" if improved else "")
+
+
+def save_checkpoint(session: Session) -> None:
+    """Write ``last.pt`` atomically (rank 0 only); a kill during the write leaves the old one intact."""
+    if not session.world.is_main:
+        return
+    state = session.state
+    state.elapsed_s = elapsed_s(session)
+    session.started_at = time.monotonic()
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "model": session.model.state_dict(),
+        "optimizer": session.optimizer.state_dict(),
+        "state": asdict(state),
+        "rng": torch.get_rng_state(),
+        "config": json.dumps(asdict(session.config)),
+    }
+    atomic_write_bytes(session.work_dir / "last.pt", lambda f: torch.save(payload, f))
+
+
+def load_checkpoint(session: Session) -> bool:
+    """Restore ``last.pt`` if it exists (weights-only unpickling). Returns True if one was loaded."""
+    path = session.work_dir / "last.pt"
+    if not path.is_file():
+        return False
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        session.model.load_state_dict(payload["model"])
+        session.optimizer.load_state_dict(payload["optimizer"])
+    except Exception as e:
+        raise TrainingError(f"{path}: cannot resume from this checkpoint ({str(e).splitlines()[0][:200]})") from e
+    session.state = TrainState(**payload["state"])
+    torch.set_rng_state(payload["rng"])
+    return True
+
+
+def build_session(
+    corpus_paths: Sequence[Path],
+    out_dir: Path,
+    model_settings: dict,
+    tokenizer_config: TokenizerConfig,
+    config: TrainConfig,
+    valid_paths: Sequence[Path] | None,
+    exclude_paths: Sequence[Path],
+) -> Session:
+    """Set up device, process group, data, model and optimiser for a run."""
+    device = resolve_device(config.device)
+    world = distributed.init_world(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    data = prepare_data(corpus_paths, out_dir / "train", tokenizer_config, config, valid_paths, exclude_paths, world)
+    model_config = ModelConfig(vocab_size=data.tokenizer.vocab_size, **model_settings)
+    torch.manual_seed(config.seed)
+    model = RnnLanguageModel(model_config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    record = {"seed": config.seed, "tokenizer": asdict(tokenizer_config), "corpus": data.statistics}
+    return Session(
+        model=model, optimizer=optimizer, tokenizer=data.tokenizer, train_corpus=data.train, valid_corpus=data.valid,
+        config=config, device=device, world=world, out_dir=out_dir, record=record,
+    )
+
+
+def run(
+    corpus_paths: Sequence[Path],
+    out_dir: Path,
+    model_settings: dict | None = None,
+    tokenizer_config: TokenizerConfig | None = None,
+    config: TrainConfig | None = None,
+    valid_paths: Sequence[Path] | None = None,
+    exclude_paths: Sequence[Path] = (),
+    resume: bool = False,
+    show_progress: bool = True,
+) -> TrainState:
+    """Train (or resume) and leave the best model in ``out_dir``. Returns the final state."""
+    config = config or TrainConfig()
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir, resume)
+    session = build_session(
+        corpus_paths, out_dir, model_settings or {}, tokenizer_config or TokenizerConfig(), config,
+        valid_paths, exclude_paths,
+    )
+    if resume and load_checkpoint(session):
+        log.info("resuming at epoch %d, batch %d", session.state.epoch + 1, session.state.batch_index)
+    if session.world.distributed:
+        session.ddp_model = DistributedDataParallel(session.model)
+    try:
+        with catch_sigint(session), TrainingProgress(enabled=show_progress and session.world.is_main) as progress:
+            train_loop(session, progress)
+    finally:
+        distributed.shutdown(session.world)
+    return session.state
+
+
+def train_loop(session: Session, progress: TrainingProgress) -> None:
+    state, config = session.state, session.config
+    total_steps = config.epochs * len(epoch_batches(session))
+    session.model.train()
+    while not state.finished and state.epoch < config.epochs:
+        epoch_done = train_one_epoch(session, progress, total_steps)
+        end_of_epoch(session, epoch_done)
+        stop = not epoch_done or state.bad_epochs >= config.patience
+        state.finished = (stop and not session.stop_requested) or state.epoch >= config.epochs
+        save_checkpoint(session)
+        if stop:
+            break
+    if session.stop_requested:
+        raise KeyboardInterrupt
+
+
+def check_out_dir(out_dir: Path, resume: bool) -> None:
+    """Refuse to overwrite an earlier run unless resuming it."""
+    if resume:
+        return
+    if (out_dir / "train" / "last.pt").exists() or (out_dir / "model.pt").exists():
+        raise TrainingError(f"{out_dir}: holds an earlier training run; pass --resume to continue it or choose a new directory")
+
+
+class catch_sigint:
+    """Turn Ctrl-C into a request to stop after the current step, save, and exit."""
+
+    def __init__(self, session: Session):
+        self.session = session
+
+    def __enter__(self):
+        try:
+            self.previous = signal.signal(signal.SIGINT, self.handle)
+        except ValueError:  # not the main thread
+            self.previous = None
+        return self
+
+    def handle(self, signum, frame) -> None:
+        self.session.stop_requested = True
+        log.warning("interrupted: saving a checkpoint, then stopping (run again with --resume to continue)")
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)

@@ -1,0 +1,145 @@
+"""The command line: ``asr-rescore train | perplexity | tune | rescore | evaluate | sample | merge``.
+
+``rescore NBEST`` (its own console script) is the same command as ``asr-rescore rescore``. Each
+command only gathers its options and calls one library function; user errors become one line on
+stderr with exit code 1 (see :mod:`pipeline.errors`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.errors import UsageError, debug_enabled, reports_errors
+
+app = typer.Typer(
+    name="asr-rescore",
+    help="Rescore ASR n-best lists with an LSTM language model; train, tune and evaluate it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ModelOption = Annotated[
+    Optional[Path],
+    typer.Option("--model", "-m", help="Model directory (config.json, tokenizer.model, model.pt). Default: the embedded model."),
+]
+ThreadsOption = Annotated[int, typer.Option(help="Intra-op threads per process (1 was fastest on shared 2-core machines).")]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+
+
+@app.callback()
+def configure(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more detail on stderr.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks for errors (also ASR_RESCORE_DEBUG=1).")] = False,
+) -> None:
+    """Set up logging once for every command."""
+    if debug:
+        os.environ["ASR_RESCORE_DEBUG"] = "1"
+    setup_logging(verbose)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    level = logging.DEBUG if verbose or debug_enabled() else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr, force=True)
+
+
+@app.command()
+@reports_errors
+def train(
+    corpus: Annotated[list[Path], typer.Argument(help="Training text, one sentence per line (UTF-8).", exists=True, dir_okay=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Model directory to write.")],
+    valid: Annotated[Optional[list[Path]], typer.Option(help="Validation text; default: a held-out fraction of CORPUS.", exists=True, dir_okay=False)] = None,
+    valid_fraction: Annotated[float, typer.Option(help="Fraction of CORPUS held out when --valid is not given.")] = 0.02,
+    exclude: Annotated[Optional[list[Path]], typer.Option(help="Drop these sentences (e.g. evaluation references) from CORPUS.", exists=True, dir_okay=False)] = None,
+    vocab_size: Annotated[int, typer.Option(help="SentencePiece vocabulary size.")] = 8000,
+    model_type: Annotated[str, typer.Option(help="SentencePiece model: unigram, bpe, char or word.")] = "unigram",
+    cell: Annotated[str, typer.Option(help="Recurrent cell: lstm, gru or rnn.")] = "lstm",
+    embedding_dim: Annotated[int, typer.Option(help="Embedding size.")] = 512,
+    hidden_dim: Annotated[int, typer.Option(help="Recurrent state size.")] = 512,
+    num_layers: Annotated[int, typer.Option(help="Recurrent layers.")] = 2,
+    dropout: Annotated[float, typer.Option(help="Dropout on embeddings, between layers and on outputs.")] = 0.4,
+    tie_weights: Annotated[bool, typer.Option(help="Share the embedding with the output layer.")] = True,
+    epochs: Annotated[int, typer.Option(help="Most epochs to train.")] = 40,
+    max_minutes: Annotated[float, typer.Option(help="Stop cleanly after this much training time (0: no limit).")] = 50.0,
+    batch_tokens: Annotated[int, typer.Option(help="Padded tokens per batch.")] = 4096,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (warm-up, then cosine decay).")] = 3e-3,
+    clip: Annotated[float, typer.Option(help="Gradient-norm clipping threshold (0: off).")] = 1.0,
+    patience: Annotated[int, typer.Option(help="Stop after this many epochs without validation improvement.")] = 4,
+    seed: Annotated[int, typer.Option(help="Random seed (recorded in config.json).")] = 1234,
+    device: DeviceOption = "auto",
+    precision: Annotated[str, typer.Option(help="auto (bf16 autocast where the hardware has it), fp32 or bf16.")] = "auto",
+    threads: Annotated[int, typer.Option(help="Intra-op threads (0: torch's default).")] = 0,
+    reverse: Annotated[bool, typer.Option(help="Train a right-to-left (backward) model.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in OUTPUT.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+) -> None:
+    """Train a SentencePiece tokenizer and an LSTM language model on CORPUS into a model directory."""
+    from lm.tokenizer import TokenizerConfig
+    from lm.train import TrainConfig, run
+
+    config = TrainConfig(
+        epochs=epochs, max_minutes=max_minutes or None, batch_tokens=batch_tokens, lr=lr, clip=clip, seed=seed,
+        device=device, precision=precision, threads=threads or None, valid_fraction=valid_fraction,
+        patience=patience, reverse=reverse,
+    )
+    model_settings = dict(
+        embedding_dim=embedding_dim, hidden_dim=hidden_dim, num_layers=num_layers, cell=cell, dropout=dropout,
+        tie_weights=tie_weights,
+    )
+    try:
+        tokenizer_config = TokenizerConfig(vocab_size=vocab_size, model_type=model_type)
+        from lm.model import ModelConfig
+
+        ModelConfig(vocab_size=vocab_size, **model_settings)  # check the options before any work
+    except (TypeError, ValueError) as e:
+        raise UsageError(str(e)) from e
+    state = run(corpus, output, model_settings, tokenizer_config, config, valid, exclude or (), resume, progress)
+    logging.getLogger(__name__).info(
+        "done: %d epochs, %d steps; best validation perplexity per token %.2f; model in %s",
+        state.epoch, state.step, __import__("math").exp(state.best_valid_loss), output,
+    )
+
+
+@app.command()
+@reports_errors
+def perplexity(
+    paths: Annotated[list[Path], typer.Argument(help="[MODEL_DIR] TEXT: a text file, one sentence per line.")],
+    model: ModelOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    threads: ThreadsOption = 1,
+    device: DeviceOption = "cpu",
+) -> None:
+    """Log-probability and perplexity (per token, character and word) of a text under a model."""
+    from lm.data import iter_corpus_lines
+    from lm.perplexity import compute_perplexity
+    from pipeline.models import load_scorer
+
+    model_dir, text = split_model_argument(paths, model, "TEXT")
+    scorer = load_scorer(model_dir, threads=threads, device=device)
+    report = compute_perplexity(scorer, list(iter_corpus_lines([text])))
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    for name, value in report.as_dict().items():
+        typer.echo(f"{name:>12}  {value:,.4f}" if isinstance(value, float) else f"{name:>12}  {value:,}")
+
+
+def split_model_argument(paths: list[Path], model: Path | None, what: str) -> tuple[Path | None, Path]:
+    """Accept both ``CMD MODEL_DIR FILE`` and ``CMD -m MODEL_DIR FILE``."""
+    if len(paths) == 2 and model is None:
+        return paths[0], paths[1]
+    if len(paths) == 1:
+        return model, paths[0]
+    raise UsageError(f"expected [MODEL_DIR] {what} (or -m MODEL_DIR {what}), got {len(paths)} arguments")
+
+
+def main() -> None:
+    """Entry point of the ``asr-rescore`` console script."""
+    app()
