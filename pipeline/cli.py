@@ -131,6 +131,124 @@ def perplexity(
         typer.echo(f"{name:>12}  {value:,.4f}" if isinstance(value, float) else f"{name:>12}  {value:,}")
 
 
+ScoreFieldsOption = Annotated[
+    Optional[str],
+    typer.Option(help="First-pass fields that enter the total, comma-separated, e.g. am_score,lm_score (default: score)."),
+]
+UnitOption = Annotated[str, typer.Option(help="Length and error unit: auto (char for Chinese, else word), word or char.")]
+
+
+def rescore(
+    nbest: Annotated[Path, typer.Argument(help="N-best file: canonical JSON, JSON Lines, bare list or mlm dict.", dir_okay=False)],
+    model: ModelOption = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file (default: stdout). Written atomically.")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Weights file written by 'asr-rescore tune'.", dir_okay=False)] = None,
+    lm_weight: Annotated[Optional[float], typer.Option(help="Scale of the LM log-probability (overrides --weights).")] = None,
+    length_bonus: Annotated[Optional[float], typer.Option(help="Bonus per word/character (overrides --weights).")] = None,
+    score_fields: ScoreFieldsOption = None,
+    backward_model: Annotated[Optional[Path], typer.Option(help="A right-to-left model (train --reverse) to add.")] = None,
+    backward_weight: Annotated[Optional[float], typer.Option(help="Scale of the backward LM log-probability.")] = None,
+    unit: UnitOption = "auto",
+    jobs: Annotated[int, typer.Option(help="Worker processes (each loads the model, one thread each).")] = 1,
+    shard: Annotated[Optional[str], typer.Option(help="Process only shard K of N (K/N, 1-based): every N-th utterance. Recombine with 'asr-rescore merge'.")] = None,
+    skip_bad: Annotated[bool, typer.Option(help="Skip invalid utterances (listed on stderr) instead of stopping.")] = False,
+    precision: Annotated[str, typer.Option(help="fp32 (exact) or bf16 (faster, scores move ~1e-2).")] = "fp32",
+    batch_tokens: Annotated[int, typer.Option(help="Tokens pooled per LM pass (memory bound).")] = 16384,
+    threads: ThreadsOption = 1,
+    device: DeviceOption = "cpu",
+    progress: Annotated[bool, typer.Option(help="Show progress on stderr.")] = True,
+) -> None:
+    """Rescore NBEST with the LM, rerank, and write the result (stdout unless -o).
+
+    Adds lm_logprob, total_score and rank to every hypothesis and best to every utterance. When
+    references are present, prints first-pass, rescored and oracle WER/CER on stderr. Other commands:
+    asr-rescore train | tune | evaluate | perplexity | sample (see asr-rescore --help).
+    """
+    options = dict(locals())
+    from pipeline.commands import run_rescore
+
+    run_rescore(**options)
+
+
+@app.command()
+@reports_errors
+def tune(
+    dev_nbest: Annotated[Path, typer.Argument(help="Dev n-best file with references.", dir_okay=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Weights file to write (JSON).")],
+    model: ModelOption = None,
+    score_fields: ScoreFieldsOption = None,
+    backward_model: Annotated[Optional[Path], typer.Option(help="A right-to-left model whose weight is tuned too.")] = None,
+    unit: UnitOption = "auto",
+    precision: Annotated[str, typer.Option(help="fp32 or bf16.")] = "fp32",
+    threads: ThreadsOption = 1,
+    device: DeviceOption = "cpu",
+) -> None:
+    """Search lm_weight, length_bonus (and field and backward weights) minimising WER/CER on a dev set.
+
+    Never tune on the set you will report: tune on dev, then 'rescore --weights W.json' the test set.
+    """
+    options = dict(locals())
+    from pipeline.commands import run_tune
+
+    run_tune(**options)
+
+
+@app.command()
+@reports_errors
+def evaluate(
+    nbest: Annotated[Path, typer.Argument(help="N-best file with references (rescored or not).", dir_okay=False)],
+    unit: UnitOption = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+) -> None:
+    """WER/CER of the first pass, the rescored choice and the oracle, with substitutions/insertions/deletions."""
+    from pipeline.commands import run_evaluate
+
+    run_evaluate(nbest, unit, as_json)
+
+
+@app.command()
+@reports_errors
+def sample(
+    paths: Annotated[Optional[list[Path]], typer.Argument(help="[MODEL_DIR] (or -m; default: the embedded model).")] = None,
+    model: ModelOption = None,
+    num: Annotated[int, typer.Option("--num", "-n", help="Sentences to draw.")] = 5,
+    temperature: Annotated[float, typer.Option(help="Softmax temperature; 0 gives the greedy sentence.")] = 1.0,
+    top_k: Annotated[int, typer.Option(help="Draw only from the K most probable tokens (0: all).")] = 0,
+    max_tokens: Annotated[int, typer.Option(help="Longest sentence in tokens.")] = 100,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same sentences.")] = 0,
+    prefix: Annotated[str, typer.Option(help="Text every sentence starts with.")] = "",
+) -> None:
+    """Draw sentences from the model token by token (a quick check of what a model has learnt)."""
+    from lm.sample import SamplingConfig, sample_sentences
+    from pipeline.models import load_model
+
+    if paths and len(paths) > 1:
+        raise UsageError(f"expected at most one MODEL_DIR, got {len(paths)}")
+    lm = load_model(paths[0] if paths else model)
+    config = SamplingConfig(num=num, temperature=temperature, top_k=top_k, max_tokens=max_tokens, seed=seed, prefix=prefix)
+    for sentence in sample_sentences(lm, config):
+        typer.echo(sentence)
+
+
+@app.command()
+@reports_errors
+def merge(
+    shards: Annotated[list[Path], typer.Argument(help="Outputs of rescore --shard 1/N .. N/N, in shard order.", exists=True, dir_okay=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Merged file (default: stdout).")] = None,
+) -> None:
+    """Interleave the outputs of 'rescore --shard K/N' back into the input order."""
+    from pipeline.batch import merge_shards
+
+    count = merge_shards(shards, output)
+    logging.getLogger(__name__).info("merged %d utterances from %d shards", count, len(shards))
+
+
+app.command(name="rescore")(reports_errors(rescore))
+
+rescore_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+rescore_app.command(help=rescore.__doc__)(reports_errors(rescore))
+
+
 def split_model_argument(paths: list[Path], model: Path | None, what: str) -> tuple[Path | None, Path]:
     """Accept both ``CMD MODEL_DIR FILE`` and ``CMD -m MODEL_DIR FILE``."""
     if len(paths) == 2 and model is None:
@@ -143,3 +261,9 @@ def split_model_argument(paths: list[Path], model: Path | None, what: str) -> tu
 def main() -> None:
     """Entry point of the ``asr-rescore`` console script."""
     app()
+
+
+def rescore_main() -> None:
+    """Entry point of the ``rescore`` console script: ``rescore NBEST`` is ``asr-rescore rescore NBEST``."""
+    setup_logging()
+    rescore_app()

@@ -1,0 +1,180 @@
+"""Weight tuning on a development set: score once, then search the weights that minimise WER/CER.
+
+Every hypothesis's LM score, first-pass fields, length and error count against the reference are
+computed once; a candidate weight vector is then evaluated for the whole set with one matrix product
+and an argmax. The search is coordinate descent over a coarse grid per weight, then a finer grid
+around the best point. The first score field's weight is fixed at 1 (only ratios change a ranking);
+among equally good values the middle of the best run is taken, which generalises better than an edge.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.errors import UsageError
+from pipeline.evaluate import evaluate_utterances
+from pipeline.metrics import detect_unit, error_counts
+from pipeline.rescore import Rescorer, Weights, text_length
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DevSet:
+    """Per-hypothesis features of a dev set, padded to (U, H); ``valid`` marks real hypotheses.
+
+    features (U, H, K) float64, in the order of ``names``; errors (U, H) int64 edit errors.
+    """
+
+    names: list[str]
+    features: torch.Tensor
+    errors: torch.Tensor
+    valid: torch.Tensor
+    reference_units: int
+
+
+def collect_dev_set(rescorer: Rescorer, utterances: Sequence[dict], unit: str) -> DevSet:
+    """Score every hypothesis once and tabulate what the search needs."""
+    lists = [u["hypotheses"] for u in utterances]
+    results = rescorer.rescore_batch(lists)
+    field_names = list(rescorer.weights.score_fields)
+    names = [f"field:{f}" for f in field_names] + ["lm_weight", "length_bonus"]
+    if rescorer.backward_scorer is not None:
+        names.append("backward_weight")
+    U, H = len(lists), max((len(h) for h in lists), default=0)
+    features = torch.zeros(U, H, len(names), dtype=torch.float64)
+    errors = torch.zeros(U, H, dtype=torch.int64)
+    valid = torch.zeros(U, H, dtype=torch.bool)
+    reference_units = 0
+    for u, (utterance, result) in enumerate(zip(utterances, results)):
+        reference_units += error_counts(utterance["reference"], "", unit).ref_len
+        for h, hyp in enumerate(utterance["hypotheses"]):
+            row = [rescorer.field_value(hyp, f) for f in field_names]
+            row += [result.lm_logprobs[h], float(text_length(hyp["text"], unit))]
+            if result.backward_logprobs is not None:
+                row.append(result.backward_logprobs[h])
+            features[u, h] = torch.tensor(row, dtype=torch.float64)
+            errors[u, h] = error_counts(utterance["reference"], hyp["text"], unit).errors
+            valid[u, h] = True
+    return DevSet(names, features, errors, valid, reference_units)
+
+
+def count_errors(dev: DevSet, vector: torch.Tensor) -> int:
+    """Total errors of the hypotheses that ``vector`` ranks first (ties: the earlier hypothesis)."""
+    totals = (dev.features @ vector).masked_fill(~dev.valid, float("-inf"))
+    chosen = totals.argmax(dim=1, keepdim=True)  # argmax returns the first of equal maxima
+    has_hyps = dev.valid.any(dim=1)
+    return int(dev.errors.gather(1, chosen)[:, 0][has_hyps].sum())
+
+
+def within_utterance_spread(dev: DevSet, column: int) -> float:
+    """Median over utterances of the standard deviation of one feature across the n-best list."""
+    spreads = []
+    for u in range(dev.features.shape[0]):
+        values = dev.features[u, dev.valid[u], column]
+        if values.numel() > 1:
+            spreads.append(float(values.std()))
+    return statistics.median(spreads) if spreads else 0.0
+
+
+def coarse_grid(dev: DevSet, name: str) -> list[float]:
+    """Candidate values of one weight, scaled so that its term moves totals as much as the first field."""
+    column = dev.names.index(name)
+    anchor = within_utterance_spread(dev, 0) or 1.0
+    spread = within_utterance_spread(dev, column)
+    if spread == 0:
+        return [0.0]  # a feature that never differs within a list cannot change a ranking
+    scale = anchor / spread
+    if name == "length_bonus":
+        return [scale * k / 10 for k in range(-30, 31)]
+    return [0.0] + [scale * 2 ** (k / 4) for k in range(-24, 17)]
+
+
+def fine_grid(value: float, coarse: list[float]) -> list[float]:
+    """Values between the neighbours of ``value`` in its coarse grid."""
+    position = min(range(len(coarse)), key=lambda i: abs(coarse[i] - value))
+    low = coarse[max(position - 1, 0)]
+    high = coarse[min(position + 1, len(coarse) - 1)]
+    return [low + (high - low) * k / 20 for k in range(21)]
+
+
+def best_value(dev: DevSet, vector: torch.Tensor, column: int, candidates: list[float]) -> tuple[float, int]:
+    """The candidate for one weight with the fewest errors; the middle of a tied run."""
+    errors = []
+    for value in candidates:
+        vector[column] = value
+        errors.append(count_errors(dev, vector))
+    fewest = min(errors)
+    tied = [i for i, e in enumerate(errors) if e == fewest]
+    run = longest_run(tied)
+    return candidates[run[len(run) // 2]], fewest
+
+
+def longest_run(indices: list[int]) -> list[int]:
+    runs, current = [], [indices[0]]
+    for i in indices[1:]:
+        if i == current[-1] + 1:
+            current.append(i)
+        else:
+            runs.append(current)
+            current = [i]
+    runs.append(current)
+    return max(runs, key=len)
+
+
+def search_weights(dev: DevSet, free: list[str], rounds: int = 3) -> tuple[torch.Tensor, int]:
+    """Coordinate descent over coarse grids, then over fine grids around the best point."""
+    vector = torch.zeros(len(dev.names), dtype=torch.float64)
+    vector[0] = 1.0
+    grids = {name: coarse_grid(dev, name) for name in free}
+    errors = count_errors(dev, vector)
+    for stage in ("coarse", "fine"):
+        for _ in range(rounds):
+            before = vector.clone()
+            for name in free:
+                column = dev.names.index(name)
+                grid = grids[name] if stage == "coarse" else fine_grid(float(vector[column]), grids[name])
+                vector[column], errors = best_value(dev, vector, column, grid)
+            if torch.equal(before, vector):
+                break
+    return vector, errors
+
+
+def tune_weights(rescorer: Rescorer, utterances: Sequence[dict], unit: str = "auto") -> tuple[Weights, dict]:
+    """Find weights minimising errors on ``utterances`` (which need references). Returns weights and figures."""
+    dev_utterances = [u for u in utterances if isinstance(u.get("reference"), str)]
+    if not dev_utterances:
+        raise UsageError("tuning needs references: no utterance in the dev set has a 'reference'")
+    if not rescorer.weights.score_fields:
+        raise UsageError("tuning needs at least one first-pass score field (e.g. --score-fields score)")
+    unit = detect_unit(u["reference"] for u in dev_utterances) if unit == "auto" else unit
+    dev = collect_dev_set(rescorer, dev_utterances, unit)
+    free = [n for n in dev.names[1:]]
+    vector, errors = search_weights(dev, free)
+    weights = weights_from_vector(dev.names, vector)
+    baseline = evaluate_utterances(dev_utterances, unit)
+    figures = {
+        "unit": unit,
+        "metric": baseline.label,
+        "utterances": len(dev_utterances),
+        "hypotheses": int(dev.valid.sum()),
+        "first_pass": baseline.first_pass.rate,
+        "tuned": errors / max(dev.reference_units, 1),
+        "oracle": baseline.oracle.rate,
+    }
+    return weights, figures
+
+
+def weights_from_vector(names: list[str], vector: torch.Tensor) -> Weights:
+    values = dict(zip(names, vector.tolist()))
+    return Weights(
+        lm_weight=values["lm_weight"],
+        length_bonus=values["length_bonus"],
+        backward_weight=values.get("backward_weight", 0.0),
+        score_fields={n.removeprefix("field:"): v for n, v in values.items() if n.startswith("field:")},
+    )
