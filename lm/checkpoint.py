@@ -126,8 +126,11 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated, corrupt or unsafe files
-        reason = "unsafe content refused" if "weights_only" in str(e) or "Unpickl" in type(e).__name__ else "corrupt"
-        raise ModelDirError(f"{path}: cannot load weights ({reason}: {str(e).splitlines()[0][:200]})") from e
+        if "weights_only" in str(e) or "Unpickl" in type(e).__name__:
+            reason = "refused: the file holds pickled objects other than tensors, which could run code"
+        else:
+            reason = f"corrupt or truncated: {str(e).splitlines()[0][:160]}"
+        raise ModelDirError(f"{path}: cannot load weights ({reason})") from e
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelDirError(f"{path}: expected a state dict of tensors")
     return state

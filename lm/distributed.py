@@ -42,9 +42,16 @@ def all_reduce_sum(values: list[float], world: World) -> list[float]:
     """Sum a few numbers over all ranks (validation losses, stop flags)."""
     if not world.distributed:
         return values
-    tensor = torch.tensor(values, dtype=torch.float64)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
-    return tensor.tolist()
+    return tensor.cpu().tolist()
+
+
+def threads_per_process(world: World) -> int:
+    """Share the cores between the processes of this node (torch would give each process all of them)."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world.size))
+    return max(1, (os.cpu_count() or 1) // max(local, 1))
 
 
 def barrier(world: World) -> None:

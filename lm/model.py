@@ -88,6 +88,16 @@ class RnnLanguageModel(nn.Module):
         logits = self.output_linear(hidden).float()
         return -F.cross_entropy(logits, targets, reduction="none")
 
+    def gather_logprobs(self, hidden: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """log P(targets[m] | hidden[rows[m]]): one output-layer row per state however many targets it has.
+
+        hidden (N, D), rows (M,) and targets (M,) int64 -> (M,) float32. The prefix-trie scorer uses this:
+        a trie node with several children pays for its logsumexp once.
+        """
+        logits = self.output_linear(hidden).float()
+        normaliser = torch.logsumexp(logits, dim=-1)
+        return logits[rows, targets] - normaliser[rows]
+
     def forward(self, x: torch.Tensor, y: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Per-token negative log-likelihood, the one function behind training and scoring.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
@@ -9,11 +10,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 
-class TrainingProgress:
-    """Progress of the current epoch; a no-op when disabled (tests, non-zero ranks)."""
+log = logging.getLogger(__name__)
 
-    def __init__(self, enabled: bool = True):
+
+class TrainingProgress:
+    """Progress of the current epoch: a bar on a terminal, a log line a minute otherwise (log files).
+
+    A no-op when disabled (tests, non-zero ranks).
+    """
+
+    def __init__(self, enabled: bool = True, log_every_s: float = 60.0):
         self.enabled = enabled
+        self.use_bar = enabled and sys.stderr.isatty()
+        self.log_every_s = log_every_s
+        self.last_log = time.monotonic()
         self.progress: Progress | None = None
         self.task = None
         self.loss: float | None = None
@@ -22,7 +32,7 @@ class TrainingProgress:
         self.tokens_per_s = 0.0
 
     def __enter__(self) -> TrainingProgress:
-        if self.enabled:
+        if self.use_bar:
             self.progress = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
@@ -57,10 +67,18 @@ class TrainingProgress:
         if now - self.window_start > 2.0:
             self.tokens_per_s = self.tokens / (now - self.window_start)
             self.tokens, self.window_start = 0, now
-        if self.progress is None:
-            return
         budget = f"{elapsed_s / 60:.1f}/{max_minutes:g} min" if max_minutes else f"{elapsed_s / 60:.1f} min"
+        if self.progress is None:
+            self.log_line(budget)
+            return
         self.progress.update(
             self.task, advance=1, loss=f"{self.loss:.3f}" if self.loss is not None else "-",
             speed=f"{self.tokens_per_s:,.0f}", budget=budget,
         )
+
+    def log_line(self, budget: str) -> None:
+        if not self.enabled or time.monotonic() - self.last_log < self.log_every_s:
+            return
+        self.last_log = time.monotonic()
+        loss = f"{self.loss:.3f}" if self.loss is not None else "-"
+        log.info("training: loss %s, %s tok/s, %s", loss, f"{self.tokens_per_s:,.0f}", budget)

@@ -189,7 +189,7 @@ class SentenceScorer:
         nxt = levels[depth + 1] if depth + 1 < len(levels) else TrieLevel([], [], [], [])
         rows = torch.tensor(nxt.parents + level.ends, dtype=torch.int64, device=self.device)
         targets = torch.tensor(nxt.tokens + [self.tokenizer.eos_id] * len(level.ends), device=self.device)
-        logprobs = self.model.token_logprobs(hidden.index_select(0, rows), targets).double().cpu()
+        logprobs = self.model.gather_logprobs(hidden, rows, targets).double().cpu()
         n_edges = len(nxt.tokens)
         if level.ends:
             ends = torch.tensor(level.ends)

@@ -47,10 +47,10 @@ class TrainConfig:
 
     epochs: int = 30
     max_minutes: float | None = 50.0
-    batch_tokens: int = 4096
+    batch_tokens: int = 2048
     lr: float = 3e-3
     min_lr_ratio: float = 0.02
-    warmup_steps: int = 200
+    warmup_steps: int = 100
     weight_decay: float = 0.01
     clip: float = 1.0  # gradient-norm clipping threshold; 0 disables it
     seed: int = 1234
@@ -244,6 +244,8 @@ def end_of_epoch(session: Session, epoch_done: bool) -> None:
     """Validate, keep the best model, log metrics, and move the position to the next epoch."""
     state = session.state
     valid_loss = compute_validation_loss(session)
+    if epoch_done:  # before saving, so that config.json counts this epoch in "epochs_done"
+        state.epoch, state.batch_index = state.epoch + 1, 0
     improved = valid_loss < state.best_valid_loss
     if improved:
         state.best_valid_loss, state.bad_epochs = valid_loss, 0
@@ -251,8 +253,6 @@ def end_of_epoch(session: Session, epoch_done: bool) -> None:
             save_model_dir(session.out_dir, session.model, session.tokenizer, model_record(session))
     elif epoch_done:
         state.bad_epochs += 1
-    if epoch_done:
-        state.epoch, state.batch_index = state.epoch + 1, 0
     write_metrics(session, valid_loss, improved, epoch_done)
 
 
@@ -339,6 +339,8 @@ def build_session(
         torch.cuda.set_device(device)
     if config.threads:
         torch.set_num_threads(config.threads)
+    elif world.distributed and device.type == "cpu":
+        torch.set_num_threads(distributed.threads_per_process(world))
     torch.manual_seed(config.seed)
     data = prepare_data(corpus_paths, out_dir / "train", tokenizer_config, config, valid_paths, exclude_paths, world)
     model_config = ModelConfig(vocab_size=data.tokenizer.vocab_size, **model_settings)
@@ -371,6 +373,7 @@ def run(
         corpus_paths, out_dir, model_settings or {}, tokenizer_config or TokenizerConfig(), config,
         valid_paths, exclude_paths,
     )
+    remove_stale_temporaries(session.work_dir, session.world)
     if resume and load_checkpoint(session):
         log.info("resuming at epoch %d, batch %d", session.state.epoch + 1, session.state.batch_index)
     if session.world.distributed:
@@ -397,6 +400,13 @@ def train_loop(session: Session, progress: TrainingProgress) -> None:
             break
     if session.stop_requested:
         raise KeyboardInterrupt
+
+
+def remove_stale_temporaries(work_dir: Path, world: distributed.World) -> None:
+    """Delete temporary files left by a run killed in the middle of a write."""
+    if world.is_main:
+        for stale in list(work_dir.glob(".*.tmp")) + list(work_dir.parent.glob(".*.tmp")):
+            stale.unlink(missing_ok=True)
 
 
 def check_out_dir(out_dir: Path, resume: bool) -> None:

@@ -68,8 +68,9 @@ def train(
     tie_weights: Annotated[bool, typer.Option(help="Share the embedding with the output layer.")] = True,
     epochs: Annotated[int, typer.Option(help="Most epochs to train.")] = 40,
     max_minutes: Annotated[float, typer.Option(help="Stop cleanly after this much training time (0: no limit).")] = 50.0,
-    batch_tokens: Annotated[int, typer.Option(help="Padded tokens per batch.")] = 4096,
+    batch_tokens: Annotated[int, typer.Option(help="Padded tokens per batch (per process under torchrun).")] = 2048,
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (warm-up, then cosine decay).")] = 3e-3,
+    warmup_steps: Annotated[int, typer.Option(help="Steps of linear learning-rate warm-up.")] = 100,
     clip: Annotated[float, typer.Option(help="Gradient-norm clipping threshold (0: off).")] = 1.0,
     patience: Annotated[int, typer.Option(help="Stop after this many epochs without validation improvement.")] = 4,
     seed: Annotated[int, typer.Option(help="Random seed (recorded in config.json).")] = 1234,
@@ -85,7 +86,8 @@ def train(
     from lm.train import TrainConfig, run
 
     config = TrainConfig(
-        epochs=epochs, max_minutes=max_minutes or None, batch_tokens=batch_tokens, lr=lr, clip=clip, seed=seed,
+        epochs=epochs, max_minutes=max_minutes or None, batch_tokens=batch_tokens, lr=lr, warmup_steps=warmup_steps,
+        clip=clip, seed=seed,
         device=device, precision=precision, threads=threads or None, valid_fraction=valid_fraction,
         patience=patience, reverse=reverse,
     )

@@ -72,5 +72,10 @@ def reports_errors(command):
         except BrokenPipeError:
             sys.stderr.close()
             raise typer.Exit(code=1) from None
+        except OSError as e:  # e.g. -o in a missing folder, or onto a directory
+            if debug_enabled():
+                raise
+            where = e.filename2 or e.filename
+            raise fail(f"{where}: {e.strerror or e}" if where else str(e)) from None
 
     return wrapper

@@ -50,10 +50,10 @@ class Weights:
         data = data.get("weights", data) if isinstance(data, dict) else data
         try:
             weights = cls(**data)
-            fields_ok = all(isinstance(v, (int, float)) for v in weights.score_fields.values())
+            numbers = weights.numbers()
         except (TypeError, AttributeError) as e:
             raise WeightsFileError(f"{path}: expected a 'weights' object with {', '.join(cls.__dataclass_fields__)} ({e})") from e
-        if not fields_ok or not all(math.isfinite(v) for v in weights.numbers()):
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
             raise WeightsFileError(f"{path}: every weight must be a finite number")
         return weights
 

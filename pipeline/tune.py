@@ -46,13 +46,15 @@ def collect_dev_set(rescorer: Rescorer, utterances: Sequence[dict], unit: str) -
     names = [f"field:{f}" for f in field_names] + ["lm_weight", "length_bonus"]
     if rescorer.backward_scorer is not None:
         names.append("backward_weight")
-    U, H = len(lists), max((len(h) for h in lists), default=0)
+    U, H = len(lists), max(1, max((len(h) for h in lists), default=0))  # >= 1 column: see below
     features = torch.zeros(U, H, len(names), dtype=torch.float64)
     errors = torch.zeros(U, H, dtype=torch.int64)
     valid = torch.zeros(U, H, dtype=torch.bool)
     reference_units = 0
     for u, (utterance, result) in enumerate(zip(utterances, results)):
-        reference_units += error_counts(utterance["reference"], "", unit).ref_len
+        empty_output = error_counts(utterance["reference"], "", unit)
+        reference_units += empty_output.ref_len
+        errors[u, 0] = empty_output.errors  # an empty list outputs "": kept when no hypothesis fills column 0
         for h, hyp in enumerate(utterance["hypotheses"]):
             row = [rescorer.field_value(hyp, f) for f in field_names]
             row += [result.lm_logprobs[h], float(text_length(hyp["text"], unit))]
@@ -67,9 +69,9 @@ def collect_dev_set(rescorer: Rescorer, utterances: Sequence[dict], unit: str) -
 def count_errors(dev: DevSet, vector: torch.Tensor) -> int:
     """Total errors of the hypotheses that ``vector`` ranks first (ties: the earlier hypothesis)."""
     totals = (dev.features @ vector).masked_fill(~dev.valid, float("-inf"))
-    chosen = totals.argmax(dim=1, keepdim=True)  # argmax returns the first of equal maxima
-    has_hyps = dev.valid.any(dim=1)
-    return int(dev.errors.gather(1, chosen)[:, 0][has_hyps].sum())
+    # argmax returns the first of equal maxima: column 0 (the empty output's errors) for an empty list
+    chosen = totals.argmax(dim=1, keepdim=True)
+    return int(dev.errors.gather(1, chosen).sum())
 
 
 def within_utterance_spread(dev: DevSet, column: int) -> float:

@@ -43,7 +43,7 @@ def write_lines(path: Path, lines: list[str], repeat: int = 1) -> Path:
 
 
 def tiny_train_config(**overrides) -> TrainConfig:
-    """Settings that memorise the tiny corpus in a few seconds on one thread."""
+    """Settings that train on the tiny corpus in a few seconds on one thread (it learns, not memorises)."""
     settings = dict(epochs=12, max_minutes=None, batch_tokens=512, lr=1e-2, warmup_steps=5, threads=1,
                     precision="fp32", valid_fraction=0.1, patience=100, checkpoint_minutes=0.0)
     settings.update(overrides)
@@ -60,7 +60,7 @@ def corpus_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_model_dir(tmp_path_factory, corpus_file) -> Path:
-    """A tiny bilingual LSTM trained on the tiny corpus (it memorises it)."""
+    """A tiny bilingual LSTM trained on the tiny corpus (it prefers corpus sentences to garbled ones)."""
     out = tmp_path_factory.mktemp("model") / "lm"
     run([corpus_file], out, TINY_MODEL, TokenizerConfig(vocab_size=120), tiny_train_config(), show_progress=False)
     return out

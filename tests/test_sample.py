@@ -39,26 +39,26 @@ def train_tiny(tmp_path_factory, reverse: bool) -> LanguageModel:
 
 
 @pytest.fixture(scope="session")
-def trained_lm(tmp_path_factory) -> LanguageModel:
+def memorised_lm(tmp_path_factory) -> LanguageModel:
     return train_tiny(tmp_path_factory, reverse=False)
 
 
 @pytest.fixture(scope="session")
-def backward_lm(tmp_path_factory) -> LanguageModel:
+def backward_memorised_lm(tmp_path_factory) -> LanguageModel:
     return train_tiny(tmp_path_factory, reverse=True)
 
 
 @pytest.fixture
-def random_lm(trained_lm) -> LanguageModel:
+def spread_lm(memorised_lm) -> LanguageModel:
     """An untrained model with large random weights (spread-out logits) and the trained tokenizer."""
-    config = ModelConfig(vocab_size=trained_lm.tokenizer.vocab_size, embedding_dim=16, hidden_dim=16,
+    config = ModelConfig(vocab_size=memorised_lm.tokenizer.vocab_size, embedding_dim=16, hidden_dim=16,
                          num_layers=1, dropout=0.0)
     model = RnnLanguageModel(config)
     generator = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.copy_(torch.randn(parameter.shape, generator=generator))
-    return LanguageModel(model=model.eval(), tokenizer=trained_lm.tokenizer, path=Path("random"))
+    return LanguageModel(model=model.eval(), tokenizer=memorised_lm.tokenizer, path=Path("random"))
 
 
 def masked_logits(lm: LanguageModel, ids: list[int]) -> torch.Tensor:
@@ -83,38 +83,38 @@ def greedy_ids(lm: LanguageModel, max_tokens: int = 100) -> list[int]:
     return ids
 
 
-def test_same_seed_gives_same_samples(trained_lm):
+def test_same_seed_gives_same_samples(memorised_lm):
     config = SamplingConfig(num=10, seed=3)
-    assert sample_sentences(trained_lm, config) == sample_sentences(trained_lm, config)
+    assert sample_sentences(memorised_lm, config) == sample_sentences(memorised_lm, config)
 
 
-def test_different_seeds_give_different_samples(random_lm):
-    first = sample_sentences(random_lm, SamplingConfig(num=10, seed=1, max_tokens=10))
-    second = sample_sentences(random_lm, SamplingConfig(num=10, seed=2, max_tokens=10))
+def test_different_seeds_give_different_samples(spread_lm):
+    first = sample_sentences(spread_lm, SamplingConfig(num=10, seed=1, max_tokens=10))
+    second = sample_sentences(spread_lm, SamplingConfig(num=10, seed=2, max_tokens=10))
     assert first != second
 
 
-def test_global_rng_is_untouched(trained_lm):
+def test_global_rng_is_untouched(memorised_lm):
     before = torch.get_rng_state()
-    sample_sentences(trained_lm, SamplingConfig(num=4))
+    sample_sentences(memorised_lm, SamplingConfig(num=4))
     assert torch.equal(before, torch.get_rng_state())
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1e-7])
-def test_zero_temperature_is_greedy(random_lm, temperature):
-    expected = random_lm.tokenizer.decode(greedy_ids(random_lm, max_tokens=12))
+def test_zero_temperature_is_greedy(spread_lm, temperature):
+    expected = spread_lm.tokenizer.decode(greedy_ids(spread_lm, max_tokens=12))
     config = SamplingConfig(num=3, temperature=temperature, max_tokens=12, seed=5)
-    assert sample_sentences(random_lm, config) == [expected] * 3
+    assert sample_sentences(spread_lm, config) == [expected] * 3
 
 
-def test_top_k_one_is_greedy(random_lm):
-    expected = greedy_ids(random_lm, max_tokens=12)
+def test_top_k_one_is_greedy(spread_lm):
+    expected = greedy_ids(spread_lm, max_tokens=12)
     config = SamplingConfig(num=4, temperature=1.0, top_k=1, max_tokens=12)
-    assert sample_token_ids(random_lm, config) == [expected] * 4
+    assert sample_token_ids(spread_lm, config) == [expected] * 4
 
 
-def test_greedy_sample_of_memorised_model_is_a_corpus_sentence(trained_lm):
-    assert sample_sentences(trained_lm, SamplingConfig(num=1, temperature=0))[0] in SENTENCES
+def test_greedy_sample_of_memorised_model_is_a_corpus_sentence(memorised_lm):
+    assert sample_sentences(memorised_lm, SamplingConfig(num=1, temperature=0))[0] in SENTENCES
 
 
 def ranks_of_drawn_tokens(lm: LanguageModel, config: SamplingConfig) -> list[int]:
@@ -128,66 +128,66 @@ def ranks_of_drawn_tokens(lm: LanguageModel, config: SamplingConfig) -> list[int
     return ranks
 
 
-def test_top_k_draws_only_among_the_k_most_probable(random_lm):
+def test_top_k_draws_only_among_the_k_most_probable(spread_lm):
     config = SamplingConfig(num=20, temperature=5.0, top_k=3, max_tokens=8, seed=11)
-    assert max(ranks_of_drawn_tokens(random_lm, config)) < 3
+    assert max(ranks_of_drawn_tokens(spread_lm, config)) < 3
 
 
-def test_without_top_k_less_probable_tokens_are_drawn(random_lm):
+def test_without_top_k_less_probable_tokens_are_drawn(spread_lm):
     """The top-k test above would pass vacuously if this model only ever drew its top 3."""
     config = SamplingConfig(num=20, temperature=5.0, top_k=0, max_tokens=8, seed=11)
-    assert max(ranks_of_drawn_tokens(random_lm, config)) >= 3
+    assert max(ranks_of_drawn_tokens(spread_lm, config)) >= 3
 
 
 @pytest.mark.parametrize("top_k", [0, 5])
-def test_never_draws_pad_unk_or_bos(random_lm, top_k):
-    tokenizer = random_lm.tokenizer
+def test_never_draws_pad_unk_or_bos(spread_lm, top_k):
+    tokenizer = spread_lm.tokenizer
     banned = [tokenizer.pad_id, tokenizer.unk_id, tokenizer.bos_id]
     with torch.no_grad():
-        random_lm.model.output_linear.bias[banned] = 50.0  # would win every step if not masked
-    samples = sample_token_ids(random_lm, SamplingConfig(num=20, top_k=top_k, max_tokens=10))
+        spread_lm.model.output_linear.bias[banned] = 50.0  # would win every step if not masked
+    samples = sample_token_ids(spread_lm, SamplingConfig(num=20, top_k=top_k, max_tokens=10))
     drawn = {token for ids in samples for token in ids}
     assert drawn and drawn.isdisjoint(banned), drawn
 
 
 @pytest.mark.parametrize("max_tokens", [1, 4])
-def test_max_tokens_caps_the_length(random_lm, max_tokens):
+def test_max_tokens_caps_the_length(spread_lm, max_tokens):
     with torch.no_grad():
-        random_lm.model.output_linear.bias[random_lm.tokenizer.eos_id] = -50.0  # </s> never drawn
-    samples = sample_token_ids(random_lm, SamplingConfig(num=6, max_tokens=max_tokens))
+        spread_lm.model.output_linear.bias[spread_lm.tokenizer.eos_id] = -50.0  # </s> never drawn
+    samples = sample_token_ids(spread_lm, SamplingConfig(num=6, max_tokens=max_tokens))
     assert [len(ids) for ids in samples] == [max_tokens] * 6
 
 
-def test_memorised_model_samples_corpus_sentences(trained_lm):
-    samples = sample_sentences(trained_lm, SamplingConfig(num=50, seed=0))
+def test_memorised_model_samples_corpus_sentences(memorised_lm):
+    samples = sample_sentences(memorised_lm, SamplingConfig(num=50, seed=0))
     in_corpus = sum(sentence in SENTENCES for sentence in samples)
     assert in_corpus >= 40, samples
     assert len(set(samples) & set(SENTENCES)) >= 3, samples  # not one sentence over and over
 
 
-def test_prefix_starts_every_sample(trained_lm):
-    samples = sample_sentences(trained_lm, SamplingConfig(num=10, prefix="rain"))
+def test_prefix_starts_every_sample(memorised_lm):
+    samples = sample_sentences(memorised_lm, SamplingConfig(num=10, prefix="rain"))
     assert all(sentence.startswith("rain") for sentence in samples), samples
-    greedy = sample_sentences(trained_lm, SamplingConfig(num=1, temperature=0, prefix="a dog"))
+    greedy = sample_sentences(memorised_lm, SamplingConfig(num=1, temperature=0, prefix="a dog"))
     assert greedy == ["a dog ran in the park"]
 
 
-def test_backward_model_samples_read_left_to_right(backward_lm):
-    samples = sample_sentences(backward_lm, SamplingConfig(num=30, seed=0))
+def test_backward_model_samples_read_left_to_right(backward_memorised_lm):
+    samples = sample_sentences(backward_memorised_lm, SamplingConfig(num=30, seed=0))
     assert sum(sentence in SENTENCES for sentence in samples) >= 24, samples
 
 
-def test_backward_model_prefix_is_the_sentence_end(backward_lm):
-    samples = sample_sentences(backward_lm, SamplingConfig(num=10, prefix="the roof"))
+def test_backward_model_prefix_is_the_sentence_end(backward_memorised_lm):
+    samples = sample_sentences(backward_memorised_lm, SamplingConfig(num=10, prefix="the roof"))
     assert all(sentence.endswith("the roof") for sentence in samples), samples
-    greedy = sample_sentences(backward_lm, SamplingConfig(num=1, temperature=0, prefix="green tea"))
+    greedy = sample_sentences(backward_memorised_lm, SamplingConfig(num=1, temperature=0, prefix="green tea"))
     assert greedy == ["we like green tea"]
 
 
-def test_model_mode_is_restored(random_lm):
-    random_lm.model.train()
-    sample_token_ids(random_lm, SamplingConfig(num=2, max_tokens=3))
-    assert random_lm.model.training
+def test_model_mode_is_restored(spread_lm):
+    spread_lm.model.train()
+    sample_token_ids(spread_lm, SamplingConfig(num=2, max_tokens=3))
+    assert spread_lm.model.training
 
 
 @pytest.mark.parametrize(

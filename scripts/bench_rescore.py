@@ -1,0 +1,166 @@
+"""Benchmark of the scoring engine: naive one-at-a-time vs padded batching vs the pooled prefix trie.
+
+    python scripts/bench_rescore.py                       # 50-best synthetic workload, default model size
+    python scripts/bench_rescore.py --dev ../shared/data/zh-rmrb/dev.nbest.json -m data/default_model
+
+All variants run in one process at the same thread count, so the ratios hold on a noisy shared machine.
+The synthetic workload uses a model of the given size with random weights (speed does not depend on
+the weights); n-best lists are shaped like real ones: one base sentence per utterance, hypotheses
+that differ from it by a few substitutions at random positions, some duplicates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from lm.checkpoint import LanguageModel, load_model_dir
+from lm.model import ModelConfig, RnnLanguageModel
+from lm.scorer import SentenceScorer, score_one_at_a_time, score_padded
+
+
+def synthetic_nbest(utterances: int, hyps: int, vocab: int, seed: int) -> list[list[int]]:
+    """Token sequences of ``utterances`` 50-best-like lists (a few substitutions each, ~5% duplicates)."""
+    rng = random.Random(seed)
+    sequences = []
+    for _ in range(utterances):
+        base = [rng.randrange(4, vocab) for _ in range(max(4, int(rng.gauss(22, 6))))]
+        for _ in range(hyps):
+            if sequences and rng.random() < 0.05:
+                sequences.append(list(sequences[-1]))
+                continue
+            hyp = list(base)
+            for _ in range(rng.randint(1, 3)):
+                hyp[rng.randrange(len(hyp))] = rng.randrange(4, vocab)
+            if rng.random() < 0.2:  # an insertion or deletion shifts the tail
+                position = rng.randrange(len(hyp))
+                hyp.insert(position, rng.randrange(4, vocab)) if rng.random() < 0.5 else hyp.pop(position)
+            sequences.append(hyp)
+    return sequences
+
+
+def random_model(args) -> LanguageModel:
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=args.vocab, embedding_dim=args.embedding_dim, hidden_dim=args.hidden_dim,
+                         num_layers=args.num_layers, cell=args.cell, dropout=0.0)
+    tokenizer = SimpleNamespace(bos_id=2, eos_id=3, pad_id=0)
+    return LanguageModel(model=RnnLanguageModel(config).eval(), tokenizer=tokenizer, path=Path("random"), config={})
+
+
+def flops_per_token(config: ModelConfig) -> float:
+    """Multiply-adds x 2 of one token through the naive scorer (recurrent stack + full output layer)."""
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}[config.cell]
+    flops, width = 0.0, config.embedding_dim
+    for _ in range(config.num_layers):
+        flops += 2 * gates * config.hidden_dim * (width + config.hidden_dim)
+        width = config.hidden_dim
+    if config.tie_weights and config.hidden_dim != config.embedding_dim:
+        flops += 2 * config.hidden_dim * config.embedding_dim
+        width = config.embedding_dim
+    return flops + 2 * width * config.vocab_size
+
+
+def matmul_flops_per_s(dtype: torch.dtype, repeats: int = 20) -> float:
+    """The machine's measured matrix-multiply throughput at the current thread count."""
+    a, b = torch.randn(512, 1024, dtype=dtype), torch.randn(1024, 2048, dtype=dtype)
+    torch.mm(a, b)
+    best = min(timed(lambda: torch.mm(a, b))[1] for _ in range(repeats))
+    return 2 * 512 * 1024 * 2048 / best
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def best_of(fn, repeats: int):
+    runs = [timed(fn) for _ in range(repeats)]
+    return runs[0][0], min(t for _, t in runs)
+
+
+def run_variants(lm: LanguageModel, sequences: list[list[int]], repeats: int, naive_limit: int) -> list[dict]:
+    """Time every variant on the same sequences; naive runs on a prefix and is extrapolated per hypothesis."""
+    naive_part = sequences[:naive_limit]
+    reference, naive_s = best_of(lambda: score_one_at_a_time(lm, naive_part), 1)
+    naive_s *= len(sequences) / len(naive_part)
+    fp32 = SentenceScorer(lm, precision="fp32")
+    bf16 = SentenceScorer(lm, precision="bf16")
+    variants = [("naive one-at-a-time", None, naive_s)]
+    for name, fn in [
+        ("padded batching (length-sorted)", lambda: score_padded(lm, sequences)),
+        ("production engine fp32 (trie)", lambda: fp32.score_ids(sequences)),
+        ("production engine bf16 (trie)", lambda: bf16.score_ids(sequences)),
+    ]:
+        scores, seconds = best_of(fn, repeats)
+        error = max(abs(a - b) for a, b in zip(scores[:naive_limit], reference))
+        variants.append((name, error, seconds))
+    tokens = sum(len(s) + 1 for s in sequences)
+    return [
+        {"variant": name, "seconds": s, "hyps_per_s": len(sequences) / s, "tokens_per_s": tokens / s,
+         "speedup_vs_naive": naive_s / s, "max_abs_diff_vs_naive": err}
+        for name, err, s in variants
+    ]
+
+
+def print_table(title: str, rows: list[dict], flops_token: float, tokens: int, peak: dict) -> None:
+    print(f"\n## {title}")
+    print(f"{'variant':34} {'hyps/s':>9} {'tokens/s':>10} {'x naive':>8} {'x padded':>9} {'max|diff|':>10} {'% matmul peak':>14}")
+    padded = next(r for r in rows if r["variant"].startswith("padded"))
+    for r in rows:
+        useful = flops_token * tokens / r["seconds"]  # FLOPs a naive scorer would need, per second
+        reference_peak = peak["bf16"] if "bf16" in r["variant"] else peak["fp32"]
+        diff = "-" if r["max_abs_diff_vs_naive"] is None else f"{r['max_abs_diff_vs_naive']:.1e}"
+        print(f"{r['variant']:34} {r['hyps_per_s']:9.0f} {r['tokens_per_s']:10.0f} {r['speedup_vs_naive']:8.2f} "
+              f"{padded['seconds'] / r['seconds']:9.2f} {diff:>10} {100 * useful / reference_peak:13.1f}%")
+
+
+def dev_sequences(path: Path, lm: LanguageModel) -> list[list[int]]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    texts = [h["text"] for u in data["utterances"] for h in u["hypotheses"]]
+    return lm.tokenizer.encode(texts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vocab", type=int, default=8000)
+    parser.add_argument("--embedding-dim", type=int, default=512)
+    parser.add_argument("--hidden-dim", type=int, default=512)
+    parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--cell", default="lstm")
+    parser.add_argument("--utterances", type=int, default=40)
+    parser.add_argument("--hyps", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--naive-limit", type=int, default=500, help="hypotheses timed for the naive scorer")
+    parser.add_argument("--dev", type=Path, action="append", default=[], help="real n-best files to time too")
+    parser.add_argument("-m", "--model", type=Path, default=Path("data/default_model"), help="model for --dev files")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    peak = {"fp32": matmul_flops_per_s(torch.float32), "bf16": matmul_flops_per_s(torch.bfloat16)}
+    print(f"threads {args.threads}; measured matmul throughput: fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, "
+          f"bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s")
+    lm = random_model(args)
+    sequences = synthetic_nbest(args.utterances, args.hyps, args.vocab, seed=0)
+    tokens = sum(len(s) + 1 for s in sequences)
+    print(f"synthetic: {args.utterances} utterances x {args.hyps} hypotheses, {tokens} tokens; model "
+          f"{args.cell} {args.num_layers}x{args.hidden_dim}, embedding {args.embedding_dim}, vocabulary {args.vocab}")
+    rows = run_variants(lm, sequences, args.repeats, args.naive_limit)
+    print_table("synthetic 50-best workload", rows, flops_per_token(lm.model.config), tokens, peak)
+    for path in args.dev:
+        real = load_model_dir(args.model)
+        seqs = dev_sequences(path, real)
+        rows = run_variants(real, seqs, args.repeats, args.naive_limit)
+        count = sum(len(s) + 1 for s in seqs)
+        print_table(f"{path} ({len(seqs)} hypotheses, model {args.model})", rows, flops_per_token(real.model.config), count, peak)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Training throughput (tokens/second) of the default model size on CPU and, when present, GPU.
+
+    python scripts/bench_train.py                  # CPU fp32 vs bf16 autocast, 1 and 2 threads; CUDA if available
+    python scripts/bench_train.py --batch-tokens 16384 --devices cuda
+
+Each configuration runs a few warm-up steps, then times full training steps (forward, backward,
+clipping, AdamW) on random sentences of realistic lengths; the ratios to the first row are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from lm.model import ModelConfig, RnnLanguageModel
+
+
+def random_batch(batch_tokens: int, vocab: int, length: int, device: torch.device):
+    rows = max(1, batch_tokens // length)
+    x = torch.randint(4, vocab, (rows, length), device=device)
+    y = torch.randint(4, vocab, (rows, length), device=device)
+    return x, y, torch.full((rows,), length, device=device)
+
+
+def tokens_per_second(model_config: ModelConfig, device: torch.device, bf16: bool, args) -> float:
+    torch.manual_seed(0)
+    model = RnnLanguageModel(model_config).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y, lengths = random_batch(args.batch_tokens, model_config.vocab_size, args.length, device)
+    times = []
+    for step in range(args.warmup + args.steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = model(x, y, lengths).sum() / lengths.sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if step >= args.warmup:
+            times.append(time.perf_counter() - start)
+    return int(lengths.sum()) / (sum(times) / len(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vocab", type=int, default=8000)
+    parser.add_argument("--embedding-dim", type=int, default=512)
+    parser.add_argument("--hidden-dim", type=int, default=512)
+    parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--batch-tokens", type=int, default=4096)
+    parser.add_argument("--length", type=int, default=24, help="tokens per sentence, </s> included")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"])
+    args = parser.parse_args()
+
+    config = ModelConfig(vocab_size=args.vocab, embedding_dim=args.embedding_dim, hidden_dim=args.hidden_dim,
+                         num_layers=args.num_layers)
+    print(f"model lstm {args.num_layers}x{args.hidden_dim}, embedding {args.embedding_dim}, vocabulary {args.vocab}; "
+          f"batch {args.batch_tokens} tokens")
+    rows = []
+    for device_name in args.devices:
+        if device_name == "cuda" and not torch.cuda.is_available():
+            print("cuda: not available here, skipped")
+            continue
+        device = torch.device(device_name)
+        for threads in args.threads if device.type == "cpu" else [torch.get_num_threads()]:
+            torch.set_num_threads(threads)
+            for bf16 in (False, True):
+                speed = tokens_per_second(config, device, bf16, args)
+                rows.append((f"{device_name} {'bf16 autocast' if bf16 else 'fp32'} {threads} thread(s)", speed))
+    base = rows[0][1]
+    print(f"{'configuration':36} {'tokens/s':>10} {'ratio':>7}")
+    for name, speed in rows:
+        print(f"{name:36} {speed:10,.0f} {speed / base:7.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Reproduce the embedded default model data/default_model: one small bilingual (Chinese + English) LSTM
+# trained on both shared corpora, exported with float16 weights to stay small.
+# Usage: scripts/train_default_model.sh [SHARED_DATA_DIR] [WORK_DIR]
+set -euo pipefail
+data=${1:-../shared/data}
+work=${2:-exp/default_model}
+if [[ -f data/default_model/model.pt && -z ${FORCE:-} ]]; then
+  echo "data/default_model exists; set FORCE=1 to retrain" >&2; exit 0
+fi
+resume=(); [[ -f $work/train/last.pt ]] && resume=(--resume)
+asr-rescore train "$data/zh-rmrb/train.txt" "$data/en-kjv/train.txt" -o "$work" "${resume[@]}" \
+  --vocab-size 12000 --embedding-dim 256 --hidden-dim 512 --num-layers 2 --dropout 0.3 \
+  --max-minutes "${MAX_MINUTES:-25}" --epochs 20
+python scripts/export_model.py "$work" data/default_model --dtype float16

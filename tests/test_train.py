@@ -1,0 +1,339 @@
+"""Training: learning, clipping, seeds, resuming (Ctrl-C, crashes, SIGKILL), non-finite losses, time budget."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import lm.train
+from conftest import CORPUS, TINY_MODEL, tiny_train_config, write_lines
+from lm.checkpoint import load_model_dir, load_weights
+from lm.data import CorpusError
+from lm.perplexity import compute_perplexity
+from lm.scorer import SentenceScorer
+from lm.tokenizer import TokenizerConfig
+from lm.train import TrainConfig, TrainingError, TrainState, run
+
+VOCAB_SIZE = 100
+
+
+def small_config(**overrides) -> TrainConfig:
+    """About 20 steps in 4 epochs on ``small_corpus``; a checkpoint after every step."""
+    return tiny_train_config(**{"epochs": 4, "batch_tokens": 128, "device": "cpu", **overrides})
+
+
+def train(out: Path, corpus: Path, config: TrainConfig | None = None, model: dict | None = None,
+          **kwargs) -> TrainState:
+    return run([corpus], out, model or TINY_MODEL, TokenizerConfig(vocab_size=VOCAB_SIZE), config or small_config(),
+               show_progress=False, **kwargs)
+
+
+def read_metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def last_checkpoint(out: Path) -> dict:
+    return torch.load(out / "train" / "last.pt", map_location="cpu", weights_only=True)
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def assert_loads_and_scores(out: Path) -> None:
+    lm = load_model_dir(out)
+    scores = SentenceScorer(lm).score(CORPUS[:4])
+    assert all(math.isfinite(s) and s < 0 for s in scores)
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory) -> Path:
+    return write_lines(tmp_path_factory.mktemp("small") / "corpus.txt", CORPUS, repeat=2)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, small_corpus) -> Path:
+    """An uninterrupted run of ``small_config``: what interrupted-and-resumed runs must reproduce exactly."""
+    out = tmp_path_factory.mktemp("reference") / "lm"
+    state = train(out, small_corpus)
+    assert state.finished and state.epoch == 4
+    return out
+
+
+@pytest.fixture(scope="module")
+def memorised_run(tmp_path_factory) -> Path:
+    """Training sentences seen 4 times an epoch for 30 epochs, validated on the same sentences."""
+    root = tmp_path_factory.mktemp("memorise")
+    corpus, valid = write_lines(root / "corpus.txt", CORPUS, repeat=4), write_lines(root / "valid.txt", CORPUS)
+    config = small_config(epochs=30, batch_tokens=256, lr=3e-2, min_lr_ratio=1.0, checkpoint_minutes=60.0)
+    train(root / "lm", corpus, config, valid_paths=[valid])
+    return root / "lm"
+
+
+def test_validation_perplexity_falls(memorised_run):
+    rows = read_metrics(memorised_run)
+    assert [row["epoch"] for row in rows] == list(range(1, 31))
+    assert all(row["complete_epoch"] for row in rows)
+    assert rows[-1]["valid_ppl_token"] < rows[0]["valid_ppl_token"] / 10
+    assert rows[-1]["best"] and rows[-1]["step"] == 30 * rows[0]["step"]
+
+
+def test_memorisable_corpus_reaches_low_perplexity(memorised_run):
+    lm = load_model_dir(memorised_run)
+    report = compute_perplexity(SentenceScorer(lm), CORPUS)
+    assert report.ppl_token < 3.0
+    config = json.loads((memorised_run / "config.json").read_text())
+    assert config["direction"] == "forward" and config["seed"] == 1234
+    assert config["training"]["epochs_done"] == 30
+    assert config["valid_ppl_token"] == pytest.approx(math.exp(config["best_valid_loss"]))
+    assert config["best_valid_loss"] == pytest.approx(min(row["valid_loss"] for row in read_metrics(memorised_run)))
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn"])
+def test_other_cells_train(tmp_path, cell):
+    corpus, valid = write_lines(tmp_path / "corpus.txt", CORPUS, repeat=4), write_lines(tmp_path / "valid.txt", CORPUS)
+    config = small_config(epochs=10, batch_tokens=256, lr=3e-2, min_lr_ratio=1.0, checkpoint_minutes=60.0)
+    train(tmp_path / "lm", corpus, config, model={**TINY_MODEL, "cell": cell}, valid_paths=[valid])
+    rows = read_metrics(tmp_path / "lm")
+    assert rows[-1]["valid_ppl_token"] < rows[0]["valid_ppl_token"] / 3
+    assert load_model_dir(tmp_path / "lm").model.config.cell == cell
+
+
+@pytest.mark.parametrize("clip, fraction", [(1e-6, 1.0), (0.0, 0.0)])
+def test_clipping_is_applied(tmp_path, small_corpus, clip, fraction):
+    state = train(tmp_path / "lm", small_corpus, small_config(epochs=1, clip=clip))
+    assert state.step > 0
+    assert state.clipped_steps == (state.step if clip else 0)
+    assert read_metrics(tmp_path / "lm")[-1]["clipped_fraction"] == fraction
+
+
+def test_same_seed_gives_identical_weights(tmp_path, small_corpus, reference_run):
+    train(tmp_path / "again", small_corpus)
+    assert_same_weights(load_weights(tmp_path / "again" / "model.pt"), load_weights(reference_run / "model.pt"))
+    assert_same_weights(last_checkpoint(tmp_path / "again")["model"], last_checkpoint(reference_run)["model"])
+
+
+def test_different_seed_gives_different_weights(tmp_path, small_corpus, reference_run):
+    train(tmp_path / "other", small_corpus, small_config(seed=99))
+    ours, theirs = load_weights(tmp_path / "other" / "model.pt"), load_weights(reference_run / "model.pt")
+    assert ours.keys() == theirs.keys()
+    assert not any(torch.equal(ours[k], theirs[k]) for k in ours if ours[k].shape == theirs[k].shape)
+
+
+def test_new_run_into_a_directory_with_a_run_is_refused(reference_run, small_corpus):
+    before = (reference_run / "model.pt").read_bytes()
+    with pytest.raises(TrainingError, match="holds an earlier training run; pass --resume"):
+        train(reference_run, small_corpus)
+    assert (reference_run / "model.pt").read_bytes() == before
+
+
+def test_sigint_saves_then_resume_matches_uninterrupted_run(tmp_path, small_corpus, reference_run, monkeypatch):
+    out = tmp_path / "lm"
+    real_step, calls = lm.train.optimizer_step, []
+
+    def step_then_ctrl_c(*args):
+        value = real_step(*args)
+        calls.append(value)
+        if len(calls) == 7:  # mid-way through the second epoch
+            os.kill(os.getpid(), signal.SIGINT)
+        return value
+
+    monkeypatch.setattr(lm.train, "optimizer_step", step_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        train(out, small_corpus)
+    monkeypatch.undo()
+    saved = last_checkpoint(out)["state"]
+    assert (saved["step"], saved["finished"]) == (7, False)
+    assert 0 < saved["batch_index"] and saved["epoch"] == 1
+    assert read_metrics(out)[-1]["complete_epoch"] is False
+    assert_loads_and_scores(out)
+
+    state = train(out, small_corpus, resume=True)
+    assert state.finished and state.step == last_checkpoint(reference_run)["state"]["step"]
+    assert_same_weights(last_checkpoint(out)["model"], last_checkpoint(reference_run)["model"])
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_crash_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, small_corpus, reference_run, monkeypatch,
+                                                               dropout):
+    """With dropout the random-number state must be restored too."""
+    model = {**TINY_MODEL, "dropout": dropout}
+    if dropout:
+        reference = tmp_path / "reference"
+        train(reference, small_corpus, model=model)
+    else:
+        reference = reference_run
+    out = tmp_path / "lm"
+    real_loss, calls = lm.train.compute_loss, []
+
+    def crash_on_ninth_batch(session, batch, train):
+        if train:
+            calls.append(1)
+            if len(calls) == 9:
+                raise KeyboardInterrupt  # not caught by the training loop: no saving on the way out
+        return real_loss(session, batch, train)
+
+    monkeypatch.setattr(lm.train, "compute_loss", crash_on_ninth_batch)
+    with pytest.raises(KeyboardInterrupt):
+        train(out, small_corpus, model=model)
+    monkeypatch.undo()
+    assert last_checkpoint(out)["state"]["step"] == 8  # the checkpoint written after the last finished step
+
+    torch.manual_seed(12345)  # whatever the process did in between must not matter
+    state = train(out, small_corpus, model=model, resume=True)
+    assert state.finished
+    assert_same_weights(last_checkpoint(out)["model"], last_checkpoint(reference)["model"])
+    assert_same_weights(load_weights(out / "model.pt"), load_weights(reference / "model.pt"))
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path, small_corpus, reference_run):
+    out = tmp_path / "lm"
+    shutil.copytree(reference_run, out)
+    files = [out / "train" / "last.pt", out / "model.pt", out / "config.json", out / "metrics.jsonl"]
+    before = [path.read_bytes() for path in files]
+    state = train(out, small_corpus, resume=True)
+    assert state.finished and state.step == last_checkpoint(reference_run)["state"]["step"]
+    assert [path.read_bytes() for path in files] == before
+
+
+def test_corrupt_checkpoint_refuses_to_resume(tmp_path, small_corpus):
+    out = tmp_path / "lm"
+    train(out, small_corpus, small_config(epochs=1))
+    path = out / "train" / "last.pt"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(TrainingError, match="last.pt: cannot resume from this checkpoint"):
+        train(out, small_corpus, small_config(epochs=2), resume=True)
+
+
+def nan_on_train_batches(monkeypatch, which) -> list[int]:
+    """Make the training loss NaN on the train batches for which ``which(call_number)`` is true (from 1)."""
+    real_loss, calls = lm.train.compute_loss, []
+
+    def maybe_nan(session, batch, train):
+        loss, tokens = real_loss(session, batch, train)
+        if train:
+            calls.append(1)
+            if which(len(calls)):
+                loss = loss * float("nan")
+        return loss, tokens
+
+    monkeypatch.setattr(lm.train, "compute_loss", maybe_nan)
+    return calls
+
+
+def test_nan_steps_are_skipped_and_counted(tmp_path, small_corpus, monkeypatch):
+    calls = nan_on_train_batches(monkeypatch, lambda n: n in (2, 3, 9))
+    state = train(tmp_path / "lm", small_corpus)
+    assert state.finished and state.bad_steps == 3
+    assert state.step == len(calls) - 3
+    rows = read_metrics(tmp_path / "lm")
+    assert rows[-1]["skipped_steps"] == 3 and rows[0]["skipped_steps"] == 2
+    assert all(torch.isfinite(v).all() for v in load_weights(tmp_path / "lm" / "model.pt").values())
+    assert_loads_and_scores(tmp_path / "lm")
+
+
+def test_persistent_nan_stops_and_keeps_the_best_model(tmp_path, small_corpus, reference_run, monkeypatch):
+    steps_per_epoch = read_metrics(reference_run)[0]["step"]
+    calls = nan_on_train_batches(monkeypatch, lambda n: n > steps_per_epoch)
+    with pytest.raises(TrainingError, match=r"non-finite in 3 steps .*The best model in .* intact"):
+        train(tmp_path / "lm", small_corpus, small_config(max_bad_steps=2))
+    assert len(calls) == steps_per_epoch + 3
+    assert len(read_metrics(tmp_path / "lm")) == 1
+    assert_loads_and_scores(tmp_path / "lm")
+    assert last_checkpoint(tmp_path / "lm")["state"]["step"] == steps_per_epoch
+
+
+def test_time_budget_stops_cleanly_with_a_loadable_model(tmp_path, small_corpus):
+    started = time.monotonic()
+    state = train(tmp_path / "lm", small_corpus, small_config(epochs=100000, max_minutes=0.02))
+    assert time.monotonic() - started < 60
+    assert state.finished and state.epoch < 100000
+    assert state.elapsed_s >= 0.02 * 60
+    assert read_metrics(tmp_path / "lm")[-1]["complete_epoch"] is False
+    assert last_checkpoint(tmp_path / "lm")["state"]["finished"] is True
+    assert_loads_and_scores(tmp_path / "lm")
+
+
+# A training process that is SIGKILLed from outside. Every atomic write sleeps after writing its
+# temporary file and before renaming it, so most of the run is spent mid-write: kills land there.
+KILLED_TRAINER = """
+import json, sys, time
+import lm.checkpoint, lm.train
+from lm.tokenizer import TokenizerConfig
+
+args = json.loads(sys.argv[1])
+real_write = lm.checkpoint.atomic_write_bytes
+
+def slow_write(path, write):
+    def write_slowly(f):
+        write(f)
+        f.flush()
+        time.sleep(args["write_s"])
+    real_write(path, write_slowly)
+
+lm.checkpoint.atomic_write_bytes = slow_write
+lm.train.atomic_write_bytes = slow_write
+lm.train.run([args["corpus"]], args["out"], args["model"], TokenizerConfig(vocab_size=args["vocab_size"]),
+             lm.train.TrainConfig(**args["config"]), show_progress=False)
+"""
+
+
+def start_killable_training(out: Path, corpus: Path, config: TrainConfig) -> subprocess.Popen:
+    args = dict(corpus=str(corpus), out=str(out), model=TINY_MODEL, vocab_size=VOCAB_SIZE, write_s=0.05,
+                config=vars(config))
+    return subprocess.Popen([sys.executable, "-c", KILLED_TRAINER, json.dumps(args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay_s", [0.0, 0.5, 1.2])
+def test_sigkill_at_any_moment_then_resume(tmp_path, small_corpus, reference_run, delay_s):
+    out = tmp_path / "lm"
+    process = start_killable_training(out, small_corpus, small_config())
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "train" / "last.pt").exists() and process.poll() is None:
+            assert time.monotonic() < deadline, "training never wrote a checkpoint"
+            time.sleep(0.01)
+        time.sleep(delay_s)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode in (-signal.SIGKILL, 0), stderr.decode()
+    killed_at = last_checkpoint(out)["state"]["step"]
+    state = train(out, small_corpus, resume=True)
+    assert state.finished and state.step >= killed_at
+    # Resuming from the last checkpoint reproduces the uninterrupted run exactly.
+    assert_same_weights(last_checkpoint(out)["model"], last_checkpoint(reference_run)["model"])
+    assert_same_weights(load_weights(out / "model.pt"), load_weights(reference_run / "model.pt"))
+    assert_loads_and_scores(out)
+
+
+def test_corpus_that_is_not_utf8_names_file_and_line(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(b"the earth\n\xff\xfe broken\nthe light\n")
+    with pytest.raises(CorpusError, match=r"corpus.txt: line 2: not valid UTF-8"):
+        train(tmp_path / "lm", corpus)
+
+
+def test_missing_corpus_is_named(tmp_path):
+    with pytest.raises(CorpusError, match="absent.txt: no such corpus file"):
+        train(tmp_path / "lm", tmp_path / "absent.txt")
+
+
+def test_corpus_too_small_to_hold_out_validation(tmp_path):
+    corpus = write_lines(tmp_path / "corpus.txt", ["the earth was without form"])
+    with pytest.raises(CorpusError, match="corpus.txt: too few sentences for training and validation"):
+        train(tmp_path / "lm", corpus)
