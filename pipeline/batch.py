@@ -105,6 +105,10 @@ def rescore_file(
     report = ReadReport()
     layout = detect_layout(input_path)
     utterances = shard.select(iter_utterances(input_path, skip_bad=skip_bad, report=report))
+    if layout == "json":
+        # A JSON file is in memory anyway: validate all of it before the first byte of output
+        # (JSON Lines streams, so on stdout an error there can only stop the stream).
+        utterances = list(utterances)
     with NbestWriter(output_path, layout) as writer:
         for utterance in rescore_stream(utterances, rescorer_factory, jobs, chunk_utterances, progress):
             writer.write(utterance)

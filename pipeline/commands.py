@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -63,6 +64,8 @@ def run_rescore(nbest: Path, model, output, weights, lm_weight, length_bonus, sc
     check_choice("unit", unit, ("auto", "word", "char"))
     if jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {jobs}")
+    if output is not None and not output.parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "the output's directory does not exist", str(output.parent))
     combined = build_weights(weights, lm_weight, length_bonus, score_fields, backward_weight, backward_model)
     factory = functools.partial(make_rescorer, model, backward_model, combined, unit, precision, batch_tokens, threads, device)
     rescorer = factory()  # load here so a bad model fails before any work; workers load their own copy
@@ -71,10 +74,8 @@ def run_rescore(nbest: Path, model, output, weights, lm_weight, length_bonus, sc
     tally = ErrorTally(unit)
     with progress_bar(progress) as advance:
         report = rescore_file(nbest, output, factory, jobs, Shard.parse(shard), skip_bad, progress=advance, on_utterance=tally.add)
-    for message in report.skipped:
-        log.warning("skipped %s", message)
     result = tally.result()
-    if report.skipped:
+    if report.skipped:  # each one was listed as it was skipped
         log.warning("%d bad utterances skipped", len(report.skipped))
     if result.utterances:
         print_summary(result, skipped=len(report.skipped))

@@ -482,7 +482,7 @@ def test_output_in_a_missing_folder(trained_model_dir, tmp_path):
     out = tmp_path / "no-such-folder" / "out.json"
     result = invoke("rescore", str(write_json(tmp_path / "in.json")), "-m", str(trained_model_dir), "-o", str(out))
     message = assert_user_error(result)
-    assert str(out.parent) in message and "No such file or directory" in message
+    assert message == f"error: {out.parent}: the output's directory does not exist"
 
 
 def test_output_onto_a_directory(trained_model_dir, tmp_path):
