@@ -203,7 +203,7 @@ def test_pickle_carrying_code_is_refused_before_it_runs(model_dir, tmp_path, car
     state = load_weights(weights)
     state["input_embedding.weight"] = carrier(marker)
     writer(state, weights)
-    with pytest.raises(ModelDirError, match=r"model.pt: cannot load weights \(unsafe content refused"):
+    with pytest.raises(ModelDirError, match=r"model.pt: cannot load weights \(refused: the file holds pickled objects"):
         load_model_dir(model_dir)
     assert not marker.exists()
     # The payload is live: an unsafe load runs it. This shows the check above could have failed.
