@@ -15,6 +15,7 @@ methods the engine is tested and benchmarked against.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -94,8 +95,8 @@ class SentenceScorer:
     """Scores sentences with a loaded model; load once, call :meth:`score` per batch.
 
     ``batch_tokens`` bounds the tokens pooled into one trie (memory and latency); ``precision``
-    "bf16" runs the network under bfloat16 autocast (fast on CPUs with AMX and on GPUs; off by
-    default because scores move by ~1e-2 nats); ``threads`` sets torch's intra-op threads.
+    "bf16" runs a bfloat16 copy of the network (fast on CPUs with AMX and on GPUs; off by default
+    because scores move by ~1e-3 to 1e-2 nats); ``threads`` sets torch's intra-op threads.
     """
 
     def __init__(
@@ -110,6 +111,10 @@ class SentenceScorer:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.lm = lm
         self.model: RnnLanguageModel = lm.model.eval()
+        if precision == "bf16":
+            # A bfloat16 copy of the weights rather than autocast: no casts per step (measured 1.5x
+            # faster than autocast, 2x faster than float32 on an AMX CPU; scripts/bench_rescore.py).
+            self.model = copy.deepcopy(lm.model).to(torch.bfloat16).eval()
         self.tokenizer = lm.tokenizer
         self.batch_tokens = batch_tokens
         self.precision = precision
@@ -163,8 +168,7 @@ class SentenceScorer:
 
     @contextlib.contextmanager
     def inference(self):
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode():
             yield
 
     def score_trie(self, sequences: Sequence[Sequence[int]]) -> list[float]:
