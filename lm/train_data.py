@@ -76,7 +76,10 @@ def build_data(corpus_paths, work_dir: Path, tokenizer_config: TokenizerConfig, 
     if len(train) == 0 or len(valid) == 0:
         raise CorpusError(f"{', '.join(map(str, corpus_paths))}: too few sentences for training and validation")
     if exclude:
-        log.info("excluded %d distinct sentences given by --exclude", len(exclude))
+        dropped = sum(1 for line in iter_corpus_lines(corpus_paths) if line in exclude)
+        if dropped:
+            log.warning("%d corpus lines overlap the --exclude sentences and were dropped", dropped)
+        stats["excluded_lines"] = dropped
     stats["train"]["tokens"], stats["valid"]["tokens"] = train.num_tokens, valid.num_tokens
     stats["character_coverage"] = tokenizer_config.character_coverage
     stats["files"] = [str(p) for p in corpus_paths]

@@ -337,3 +337,13 @@ def test_corpus_too_small_to_hold_out_validation(tmp_path):
     corpus = write_lines(tmp_path / "corpus.txt", ["the earth was without form"])
     with pytest.raises(CorpusError, match="corpus.txt: too few sentences for training and validation"):
         train(tmp_path / "lm", corpus)
+
+
+def test_exclude_drops_evaluation_sentences_and_counts_them(tmp_path):
+    corpus = write_lines(tmp_path / "corpus.txt", CORPUS, repeat=10)
+    exclude = write_lines(tmp_path / "eval.txt", CORPUS[:2])
+    train(tmp_path / "lm", corpus, small_config(epochs=1), exclude_paths=[exclude])
+    statistics = json.loads((tmp_path / "lm" / "train" / "statistics.json").read_text())
+    assert statistics["excluded_lines"] == 20
+    kept = statistics["train"]["sentences"] + statistics["valid"]["sentences"]
+    assert kept == (len(CORPUS) - 2) * 10
