@@ -37,6 +37,12 @@ class TokenizerConfig:
     input_sentence_size: int = 2_000_000
     seed_sentencepiece_size: int = 1_000_000
 
+    def __post_init__(self) -> None:
+        if self.model_type not in MODEL_TYPES:
+            raise TokenizerError(f"model type must be one of {', '.join(MODEL_TYPES)}, got {self.model_type!r}")
+        if self.vocab_size < 8:
+            raise TokenizerError(f"vocabulary size must be at least 8, got {self.vocab_size}")
+
 
 def is_cjk(char: str) -> bool:
     """True for CJK ideographs (the characters Chinese text is written in)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -95,17 +96,21 @@ def train(
         embedding_dim=embedding_dim, hidden_dim=hidden_dim, num_layers=num_layers, cell=cell, dropout=dropout,
         tie_weights=tie_weights,
     )
+    from lm.model import ModelConfig
+
+    if precision not in ("auto", "fp32", "bf16"):
+        raise UsageError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise UsageError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
     try:
         tokenizer_config = TokenizerConfig(vocab_size=vocab_size, model_type=model_type)
-        from lm.model import ModelConfig
-
         ModelConfig(vocab_size=vocab_size, **model_settings)  # check the options before any work
     except (TypeError, ValueError) as e:
         raise UsageError(str(e)) from e
     state = run(corpus, output, model_settings, tokenizer_config, config, valid, exclude or (), resume, progress)
     logging.getLogger(__name__).info(
         "done: %d epochs, %d steps; best validation perplexity per token %.2f; model in %s",
-        state.epoch, state.step, __import__("math").exp(state.best_valid_loss), output,
+        state.epoch, state.step, math.exp(min(state.best_valid_loss, 50)), output,
     )
 
 
