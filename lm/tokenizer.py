@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import itertools
 import logging
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,13 +43,24 @@ class TokenizerConfig:
             raise TokenizerError(f"vocabulary size must be at least 8, got {self.vocab_size}")
 
 
+# Scripts written without spaces between words, scored and counted one character at a time.
+CHARACTER_SCRIPT_RANGES = (
+    (0x3040, 0x30FF),  # Hiragana, Katakana
+    (0x3400, 0x4DBF),  # CJK Unified Ideographs Extension A
+    (0x4E00, 0x9FFF),  # CJK Unified Ideographs
+    (0xF900, 0xFAFF),  # CJK Compatibility Ideographs
+    (0x20000, 0x3134F),  # CJK Extensions B-G and Compatibility Supplement
+)
+
+
 def is_cjk(char: str) -> bool:
-    """True for CJK ideographs (the characters Chinese text is written in)."""
-    return "CJK" in unicodedata.name(char, "") or "\u3400" <= char <= "\u9fff"
+    """True for CJK ideographs and kana (text written without spaces between words)."""
+    code = ord(char)
+    return any(low <= code <= high for low, high in CHARACTER_SCRIPT_RANGES)
 
 
 def cjk_fraction(lines: Iterable[str]) -> float:
-    """Fraction of non-space characters that are CJK ideographs."""
+    """Fraction of non-space characters that are CJK ideographs or kana."""
     cjk = total = 0
     for line in lines:
         for char in line:

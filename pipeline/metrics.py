@@ -10,19 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Hashable, Iterable, Sequence
 
+from lm.tokenizer import cjk_fraction
+
 UNITS = ("word", "char")
 
 # Ideographs and kana: Chinese and Japanese are scored per character. Hangul is not
 # listed: Korean puts spaces between words.
-_CHAR_UNIT_RANGES = (
-    (0x3040, 0x30FF),  # Hiragana, Katakana
-    (0x3400, 0x4DBF),  # CJK Unified Ideographs Extension A
-    (0x4E00, 0x9FFF),  # CJK Unified Ideographs
-    (0xF900, 0xFAFF),  # CJK Compatibility Ideographs
-    (0x20000, 0x3134F),  # CJK Extensions B-G and Compatibility Supplement
-)
-
-
 @dataclass(frozen=True)
 class EditCounts:
     """Substitutions, insertions and deletions of one or more alignments, and the reference length."""
@@ -90,21 +83,9 @@ def edit_counts(ref: Sequence[Hashable], hyp: Sequence[Hashable]) -> EditCounts:
     )
 
 
-def _is_char_unit(char: str) -> bool:
-    """True for a CJK ideograph or kana, which are scored one character at a time."""
-    code = ord(char)
-    return any(low <= code <= high for low, high in _CHAR_UNIT_RANGES)
-
-
 def detect_unit(texts: Iterable[str]) -> str:
     """Return "char" if more than half the non-space characters are CJK, else "word"."""
-    cjk = total = 0
-    for text in texts:
-        for char in text:
-            if not char.isspace():
-                total += 1
-                cjk += _is_char_unit(char)
-    return "char" if cjk * 2 > total else "word"
+    return "char" if cjk_fraction(texts) > 0.5 else "word"
 
 
 def split_units(text: str, unit: str) -> list[str]:
