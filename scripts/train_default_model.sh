@@ -11,5 +11,5 @@ fi
 resume=(); [[ -f $work/train/last.pt ]] && resume=(--resume)
 asr-rescore train "$data/zh-rmrb/train.txt" "$data/en-kjv/train.txt" -o "$work" "${resume[@]}" \
   --vocab-size 12000 --embedding-dim 256 --hidden-dim 512 --num-layers 2 --dropout 0.3 \
-  --max-minutes "${MAX_MINUTES:-25}" --epochs 20
+  --max-minutes "${MAX_MINUTES:-25}" --epochs 20 --threads "${THREADS:-0}"
 python scripts/export_model.py "$work" data/default_model --dtype float16
