@@ -135,6 +135,8 @@ def search_weights(dev: DevSet, free: list[str], rounds: int = 3) -> tuple[torch
     vector[0] = 1.0
     grids = {name: coarse_grid(dev, name) for name in free}
     errors = count_errors(dev, vector)
+    if "backward_weight" in free:
+        errors = search_interpolation(dev, vector, grids["lm_weight"])
     for stage in ("coarse", "fine"):
         for _ in range(rounds):
             before = vector.clone()
@@ -145,6 +147,23 @@ def search_weights(dev: DevSet, free: list[str], rounds: int = 3) -> tuple[torch
             if torch.equal(before, vector):
                 break
     return vector, errors
+
+
+def search_interpolation(dev: DevSet, vector: torch.Tensor, lm_grid: list[float]) -> int:
+    """Start the forward and backward LM weights from their best joint point: ``scale`` times
+    ``(1 - share, share)``. The two scores are so correlated that searching one weight at a time
+    from zero rarely moves the second one.
+    """
+    forward, backward = dev.names.index("lm_weight"), dev.names.index("backward_weight")
+    best: tuple[int, float, float] | None = None
+    for share in [k / 10 for k in range(11)]:
+        for scale in lm_grid:
+            vector[forward], vector[backward] = scale * (1 - share), scale * share
+            errors = count_errors(dev, vector)
+            if best is None or errors < best[0]:
+                best = (errors, scale * (1 - share), scale * share)
+    errors, vector[forward], vector[backward] = best
+    return errors
 
 
 def tune_weights(rescorer: Rescorer, utterances: Sequence[dict], unit: str = "auto") -> tuple[Weights, dict]:

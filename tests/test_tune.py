@@ -262,3 +262,24 @@ def test_tune_command_without_references(trained_model_dir, tmp_path):
     assert isinstance(result.exception, SystemExit)
     assert result.stderr.strip() == "error: tuning needs references: no utterance in the dev set has a 'reference'"
     assert not weights_path.exists()
+
+
+def test_forward_and_backward_weights_are_searched_jointly():
+    # Each utterance: hypothesis 0 is right and the first pass prefers hypothesis 1. No weight of the
+    # forward LM alone fixes u0, none of the backward LM alone fixes u1; a mix of both fixes both.
+    # names: score, forward LM, length, backward LM
+    features = torch.tensor(
+        [
+            [[0.0, -3.0, 1.0, 0.0], [0.0, -1.0, 1.0, -4.0]],
+            [[0.0, 0.0, 1.0, -3.0], [0.0, -4.0, 1.0, -1.0]],
+        ],
+        dtype=torch.float64,
+    )
+    dev = DevSet(["field:score", "lm_weight", "length_bonus", "backward_weight"], features,
+                 errors=torch.tensor([[0, 1], [0, 1]]), valid=torch.ones(2, 2, dtype=torch.bool), reference_units=2)
+    dev.features[:, :, 0] = torch.tensor([[-0.5, 0.0], [-0.5, 0.0]])
+    from pipeline.tune import search_weights
+
+    vector, errors = search_weights(dev, ["lm_weight", "length_bonus", "backward_weight"])
+    assert errors == 0
+    assert vector[1] > 0 and vector[3] > 0, vector
