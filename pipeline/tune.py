@@ -130,13 +130,29 @@ def longest_run(indices: list[int]) -> list[int]:
 
 
 def search_weights(dev: DevSet, free: list[str], rounds: int = 3) -> tuple[torch.Tensor, int]:
-    """Coordinate descent over coarse grids, then over fine grids around the best point."""
+    """Coordinate descent over coarse grids, then over fine grids around the best point.
+
+    With a backward LM the descent runs twice, from zero and from the best joint forward/backward
+    interpolation, and keeps the better end point (the first on a tie).
+    """
+    grids = {name: coarse_grid(dev, name) for name in free}
+    starts = [initial_vector(dev)]
+    if "backward_weight" in free:
+        joint = initial_vector(dev)
+        search_interpolation(dev, joint, grids["lm_weight"])
+        starts.append(joint)
+    results = [coordinate_descent(dev, start, free, grids, rounds) for start in starts]
+    return min(results, key=lambda result: result[1])
+
+
+def initial_vector(dev: DevSet) -> torch.Tensor:
     vector = torch.zeros(len(dev.names), dtype=torch.float64)
     vector[0] = 1.0
-    grids = {name: coarse_grid(dev, name) for name in free}
+    return vector
+
+
+def coordinate_descent(dev: DevSet, vector: torch.Tensor, free: list[str], grids: dict, rounds: int):
     errors = count_errors(dev, vector)
-    if "backward_weight" in free:
-        errors = search_interpolation(dev, vector, grids["lm_weight"])
     for stage in ("coarse", "fine"):
         for _ in range(rounds):
             before = vector.clone()
