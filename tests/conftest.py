@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,15 @@ def make_random_model_dir(path: Path, tokenizer: Tokenizer, cell: str = "lstm", 
 @pytest.fixture(params=["lstm", "gru", "rnn"])
 def random_lm(request, tmp_path, tokenizer) -> LanguageModel:
     return load_model_dir(make_random_model_dir(tmp_path / request.param, tokenizer, cell=request.param))
+
+
+@pytest.fixture
+def restore_logging(monkeypatch):
+    """The CLI reconfigures the root logger onto CliRunner's stream, and --debug sets an environment
+    variable for the process; put both back after each test."""
+    monkeypatch.setenv("ASR_RESCORE_DEBUG", "0")
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

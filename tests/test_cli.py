@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import math
 import shutil
 
@@ -20,16 +19,7 @@ runner = CliRunner()
 BOTH_FORMS = pytest.mark.parametrize("form", ["asr-rescore rescore", "rescore"])
 
 
-@pytest.fixture(autouse=True)
-def restore_logging(monkeypatch):
-    """The CLI reconfigures the root logger onto CliRunner's stream, and --debug sets an environment
-    variable for the process; put both back after each test."""
-    monkeypatch.setenv("ASR_RESCORE_DEBUG", "0")
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def invoke(form: str, *args: str, **kwargs):

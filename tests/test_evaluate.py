@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
 from typer.testing import CliRunner
@@ -13,13 +12,7 @@ from pipeline.evaluate import ErrorTally, evaluate_utterances, first_pass_index,
 from pipeline.metrics import EditCounts
 
 
-@pytest.fixture(autouse=True)
-def restore_logging():
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 # u1: first pass "a x c d" (1 substitution), rescored "a b c d" (0), oracle 0.

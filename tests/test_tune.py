@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
 import torch
@@ -28,14 +27,7 @@ class TableScorer:
         return [self.table.get(text, 0.0) for text in texts]
 
 
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """The CLI reconfigures the root logger onto CliRunner's stream; put it back after each test."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 # --------------------------------------------------------------------------- count_errors by hand
