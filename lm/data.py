@@ -7,6 +7,7 @@ corpus larger than memory trains, and a resumed run skips the tokenisation pass.
 
 from __future__ import annotations
 
+import array
 import hashlib
 import logging
 import os
@@ -83,7 +84,8 @@ def tokenize_to_files(
                 _append_chunk(chunk, tokenizer, reverse, ids_file, offsets)
                 chunk = []
         _append_chunk(chunk, tokenizer, reverse, ids_file, offsets)
-    torch.tensor(offsets, dtype=torch.int64).numpy().tofile(offsets_tmp)
+    with open(offsets_tmp, "wb") as offsets_file:
+        array.array("q", offsets).tofile(offsets_file)  # int64, native order, as torch.from_file reads it
     os.replace(ids_tmp, f"{prefix}.ids")  # ids first: offsets present means the pair is complete
     os.replace(offsets_tmp, f"{prefix}.offsets")
     return load_tokenized(prefix)
@@ -93,7 +95,7 @@ def _append_chunk(chunk: list[str], tokenizer: Tokenizer, reverse: bool, ids_fil
     for ids in tokenizer.encode(chunk):
         if reverse:
             ids.reverse()
-        torch.tensor(ids, dtype=torch.int32).numpy().tofile(ids_file)
+        array.array("i", ids).tofile(ids_file)  # int32
         offsets.append(offsets[-1] + len(ids))
 
 
