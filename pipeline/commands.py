@@ -60,8 +60,7 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 def run_rescore(nbest: Path, model, output, weights, lm_weight, length_bonus, score_fields, backward_model,
                 backward_weight, unit, jobs, shard, skip_bad, precision, batch_tokens, threads, device, progress) -> None:
-    check_choice("precision", precision, ("fp32", "bf16"))
-    check_choice("unit", unit, ("auto", "word", "char"))
+    check_choice("precision", precision, ("fp32", "bf16"))  # the unit is checked by make_rescorer
     if jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {jobs}")
     if output is not None and not output.parent.is_dir():

@@ -13,6 +13,7 @@ pytest.importorskip("flashlight.lib.text", reason="the CTC decoder needs flashli
 
 from torchaudio.models.decoder import CTCHypothesis  # noqa: E402
 
+from conftest import ENGLISH  # noqa: E402
 from lm.checkpoint import LanguageModel, load_model_dir, save_model_dir  # noqa: E402
 from lm.model import ModelConfig, RnnLanguageModel  # noqa: E402
 from lm.scorer import SentenceScorer  # noqa: E402
@@ -29,14 +30,7 @@ from pipeline.audio import (  # noqa: E402
 
 torch.set_num_threads(1)
 
-CORPUS = [
-    "in the beginning god created the heaven and the earth",
-    "and the earth was without form and void",
-    "and god said let there be light and there was light",
-    "and god saw the light that it was good",
-    "and god divided the light from the darkness",
-    "and god called the light day and the darkness he called night",
-]
+CORPUS = ENGLISH[:6]  # the shared tiny English corpus
 SENTENCES = ["and god saw the light", "the earth was void", "let there be light and darkness"]
 
 
