@@ -1,4 +1,5 @@
-"""The model directory: ``config.json``, ``tokenizer.model`` and ``model.pt`` (a plain state dict).
+"""The model directory: ``config.json``, ``tokenizer.model``, ``model.pt`` (a plain state dict) and,
+when the model interpolates one, ``ngram.pt`` (the n-gram's tables, also plain tensors).
 
 Everything needed to score is in the directory, so loading never needs the training flags again.
 Weights are read with ``torch.load(weights_only=True)``: a file that carries pickled code is refused
@@ -12,12 +13,14 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from lm.model import ModelConfig, RnnLanguageModel
+from lm.ngram import NgramError, NgramModel, mix_logprobs
 from lm.tokenizer import Tokenizer, TokenizerError
 
 log = logging.getLogger(__name__)
@@ -26,6 +29,7 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.model"
 WEIGHTS_FILE = "model.pt"
+NGRAM_FILE = "ngram.pt"
 TIED_KEY = "output_linear.weight"
 
 
@@ -41,6 +45,7 @@ class LanguageModel:
     tokenizer: Tokenizer
     path: Path
     config: dict = field(default_factory=dict)
+    ngram: NgramModel | None = None
 
     @property
     def direction(self) -> str:
@@ -50,6 +55,34 @@ class LanguageModel:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def ngram_weight(self) -> float:
+        """The network's share in the mixture with the n-gram (1.0 without one)."""
+        return float(self.config["ngram"]["rnn_weight"]) if self.ngram is not None else 1.0
+
+    def mix(self, rnn_logprobs: torch.Tensor, histories: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The model's log-probabilities from the network's: mixed with the n-gram's when there is one.
+
+        rnn_logprobs (M,), histories (M, ngram.history_width) with -1 before ``<s>``, targets (M,).
+        Without an n-gram the network's values come back unchanged.
+        """
+        if self.ngram is None:
+            return rnn_logprobs
+        return mix_logprobs(rnn_logprobs, self.ngram.logprobs(histories, targets), self.ngram_weight)
+
+    def mix_next(self, rnn_logprobs: torch.Tensor, history: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """Like :meth:`mix` for a whole next-token distribution: rnn_logprobs (V,), history (n-1,) -> (V,)."""
+        if self.ngram is None:
+            return rnn_logprobs
+        ngram = self.ngram.next_logprobs(torch.as_tensor(history, dtype=torch.int64))
+        return mix_logprobs(rnn_logprobs, ngram, self.ngram_weight)
+
+    def start_history(self) -> list[int]:
+        """The n-gram history after ``<s>``: -1 for the positions before it (empty without an n-gram)."""
+        if self.ngram is None:
+            return []
+        return [-1] * (self.ngram.history_width - 1) + [self.tokenizer.bos_id]
 
 
 def atomic_write_bytes(path: Path, write) -> None:
@@ -79,8 +112,12 @@ def save_model_dir(
     tokenizer: Tokenizer,
     config: dict,
     weights_dtype: torch.dtype = torch.float32,
+    ngram: NgramModel | None = None,
 ) -> None:
-    """Write a complete model directory; each file is replaced atomically, weights last-but-one."""
+    """Write a complete model directory; each file is replaced atomically, ``config.json`` last.
+
+    With an ``ngram``, ``config["ngram"]`` must say how it mixes (``rnn_weight``, ``order``).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if tokenizer.path.resolve() != (out_dir / TOKENIZER_FILE).resolve():
@@ -90,6 +127,11 @@ def save_model_dir(
     if model.config.tie_weights:
         del state[TIED_KEY]  # the same tensor as the embedding; restored on load
     atomic_write_bytes(out_dir / WEIGHTS_FILE, lambda f: torch.save(state, f))
+    if ngram is not None:
+        atomic_write_bytes(out_dir / NGRAM_FILE, lambda f: torch.save(ngram.state_dict(), f))
+    else:
+        config = {key: value for key, value in config.items() if key != "ngram"}
+        (out_dir / NGRAM_FILE).unlink(missing_ok=True)
     full = {
         "format_version": FORMAT_VERSION,
         "model": asdict(model.config),
@@ -159,11 +201,30 @@ def load_model_dir(model_dir: Path, device: str | torch.device = "cpu") -> Langu
     except RuntimeError as e:
         raise ModelDirError(f"{model_dir / WEIGHTS_FILE}: weights do not match {CONFIG_FILE} ({str(e)[:300]})") from e
     model.to(device).eval()
-    return LanguageModel(model=model, tokenizer=tokenizer, path=model_dir, config=config)
+    ngram = load_ngram(model_dir, config, model_config.vocab_size)
+    return LanguageModel(model=model, tokenizer=tokenizer, path=model_dir, config=config, ngram=ngram)
+
+
+def load_ngram(model_dir: Path, config: dict, vocab_size: int) -> NgramModel | None:
+    """The interpolated n-gram named by ``config["ngram"]``, or None when the model has none."""
+    settings = config.get("ngram")
+    if not settings:
+        return None
+    path = model_dir / NGRAM_FILE
+    if not isinstance(settings, dict) or not 0.0 < float(settings.get("rnn_weight", -1)) <= 1.0:
+        raise ModelDirError(f"{model_dir / CONFIG_FILE}: 'ngram' needs an rnn_weight in (0, 1], got {settings!r}")
+    try:
+        ngram = NgramModel.from_state_dict(load_weights(path))
+    except NgramError as e:
+        raise ModelDirError(f"{path}: {e}") from e
+    if ngram.vocab_size != vocab_size:
+        raise ModelDirError(f"{path}: n-gram vocabulary {ngram.vocab_size} does not match the model's {vocab_size}")
+    return ngram
 
 
 def copy_model_dir(src: Path, dst: Path) -> None:
-    """Copy the three files of a model directory (used to publish the best checkpoint)."""
+    """Copy the files of a model directory (used to publish the best checkpoint)."""
     dst.mkdir(parents=True, exist_ok=True)
-    for name in (CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE):
-        shutil.copyfile(src / name, dst / name)
+    for name in (TOKENIZER_FILE, WEIGHTS_FILE, NGRAM_FILE, CONFIG_FILE):
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)

@@ -14,6 +14,7 @@ import torch
 
 from lm.checkpoint import LanguageModel
 from lm.model import State
+from lm.ngram import history_windows
 
 GREEDY_TEMPERATURE = 1e-6  # at or below this temperature, sampling is argmax
 
@@ -78,7 +79,8 @@ def draw(lm: LanguageModel, config: SamplingConfig) -> list[list[int]]:
     prefix = initial_ids(lm, config.prefix)
     generator = torch.Generator(device=lm.device).manual_seed(config.seed)
     x = torch.tensor([prefix] * config.num, dtype=torch.int64, device=lm.device)  # (N, P + 1), <s> first
-    logits, state = next_token_logits(lm, x, None)
+    histories = initial_histories(lm, prefix, config.num)
+    logits, state = next_token_logits(lm, x, None, histories)
     eos = lm.tokenizer.eos_id
     drawn: list[torch.Tensor] = []
     finished = torch.zeros(config.num, dtype=torch.bool, device=lm.device)
@@ -89,7 +91,9 @@ def draw(lm: LanguageModel, config: SamplingConfig) -> list[list[int]]:
         finished |= tokens == eos
         if bool(finished.all()):
             break
-        logits, state = next_token_logits(lm, tokens[:, None], state)
+        if histories is not None:
+            histories = torch.cat([histories[:, 1:], tokens[:, None].cpu()], dim=1)
+        logits, state = next_token_logits(lm, tokens[:, None], state, histories)
     rows = torch.stack(drawn, dim=1).tolist()  # (N, T)
     return [prefix[1:] + until_eos(row, eos) for row in rows]
 
@@ -102,13 +106,28 @@ def initial_ids(lm: LanguageModel, prefix: str) -> list[int]:
     return [lm.tokenizer.bos_id, *ids]
 
 
-def next_token_logits(lm: LanguageModel, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+def initial_histories(lm: LanguageModel, prefix: list[int], num: int) -> torch.Tensor | None:
+    """(N, n-1) n-gram histories after ``<s>`` and the prefix; None for a model without an n-gram."""
+    if lm.ngram is None:
+        return None
+    window = history_windows(torch.tensor(prefix), lm.ngram.history_width)[-1]
+    return window.repeat(num, 1)
+
+
+def next_token_logits(
+    lm: LanguageModel, x: torch.Tensor, state: State | None, histories: torch.Tensor | None = None
+) -> tuple[torch.Tensor, State]:
     """Feed x (N, L) int64; return the (N, V) float32 logits after its last token and the new state.
 
+    With an n-gram, the "logits" are the mixture's log-probabilities given ``histories`` (N, n-1).
     Pad, unk and bos logits are set to -inf so they are never drawn; ``</s>`` stays allowed.
     """
     output, state = lm.model.hidden_states(x, state)  # output: (N, L, D)
     logits = lm.model.output_linear(output[:, -1]).float()  # (N, V)
+    if histories is not None:
+        network = torch.log_softmax(logits, dim=-1).cpu()
+        mixed = [lm.mix_next(network[row], histories[row]) for row in range(network.shape[0])]
+        logits = torch.stack(mixed).float().to(logits.device)
     tokenizer = lm.tokenizer
     banned = torch.tensor([tokenizer.pad_id, tokenizer.unk_id, tokenizer.bos_id], device=logits.device)
     logits[:, banned] = -torch.inf

@@ -5,7 +5,9 @@ The production engine (:class:`SentenceScorer`) exploits how redundant n-best li
 1. identical texts are scored once;
 2. the unique token sequences are sorted and pooled across many utterances into a prefix trie, and
    the recurrent stack runs once per trie node, one batched step per depth;
-3. the output layer runs only for the (node, next token) pairs that occur, as logsumexp + gather.
+3. the output layer runs only for the (node, next token) pairs that occur, as logsumexp + gather;
+4. a model with an interpolated n-gram mixes its probability into every edge, looked up for all the
+   edges of a level at once from each node's last n-1 tokens.
 
 Very long sequences bypass the trie and run in fixed-size chunks with the state carried over, so
 memory stays bounded whatever the input. ``score_one_at_a_time`` and ``score_padded`` are the plain
@@ -24,6 +26,7 @@ import torch
 
 from lm.checkpoint import LanguageModel
 from lm.model import RnnLanguageModel, State, select_state
+from lm.ngram import history_windows
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +190,7 @@ class SentenceScorer:
         scores = torch.zeros(len(sequences), dtype=torch.float64)
         state: State | None = None
         cumulative = torch.zeros(1, dtype=torch.float64)  # log-prob of each node's prefix, this level
+        histories = self.root_history()
         for depth, level in enumerate(levels):
             width = len(level.tokens)
             filler = padded_width(width) - width  # rows of padding: few distinct shapes, see padded_width
@@ -196,24 +200,38 @@ class SentenceScorer:
                 state = select_state(state, parents)
             hidden, state = self.model.hidden_states(tokens[:, None], state)
             hidden = hidden[:width, 0]
-            cumulative = self.add_step_scores(levels, depth, hidden, cumulative, scores)
+            cumulative, histories = self.add_step_scores(levels, depth, hidden, cumulative, histories, scores)
         return scores.tolist()
 
-    def add_step_scores(self, levels, depth, hidden, cumulative, scores) -> torch.Tensor:
-        """Score every edge leaving this level and every sequence ending here, in one output-layer call."""
+    def root_history(self) -> torch.Tensor | None:
+        """The n-gram history of the ``<s>`` node, (1, n-1); None for a model without an n-gram."""
+        if self.lm.ngram is None:
+            return None
+        return torch.tensor([self.lm.start_history()], dtype=torch.int64)
+
+    def add_step_scores(self, levels, depth, hidden, cumulative, histories, scores):
+        """Score every edge leaving this level and every sequence ending here, in one output-layer call.
+
+        Returns the next level's prefix scores and n-gram histories.
+        """
         level = levels[depth]
         nxt = levels[depth + 1] if depth + 1 < len(levels) else TrieLevel([], [], [], [])
         rows = torch.tensor(nxt.parents + level.ends, dtype=torch.int64, device=self.device)
         targets = torch.tensor(nxt.tokens + [self.tokenizer.eos_id] * len(level.ends), device=self.device)
         logprobs = self.model.gather_logprobs(hidden, rows, targets).double().cpu()
+        if histories is not None:
+            logprobs = self.lm.mix(logprobs, histories[rows.cpu()], targets.cpu())
         n_edges = len(nxt.tokens)
         if level.ends:
             ends = torch.tensor(level.ends)
             scores[torch.tensor(level.ending)] = cumulative[ends] + logprobs[n_edges:]
         if not nxt.tokens:
-            return cumulative
-        # Children's prefix scores, in the next level's order: parent's prefix + edge.
-        return cumulative[torch.tensor(nxt.parents)] + logprobs[:n_edges]
+            return cumulative, histories
+        # Children's prefix scores and histories, in the next level's order: the parent's plus the edge.
+        parents = torch.tensor(nxt.parents)
+        if histories is not None:
+            histories = torch.cat([histories[parents, 1:], torch.tensor(nxt.tokens)[:, None]], dim=1)
+        return cumulative[parents] + logprobs[:n_edges], histories
 
     def score_chunked(self, sequence: Sequence[int], chunk: int = 512) -> float:
         """Score one long sequence in chunks, carrying the recurrent state: memory O(chunk * vocab)."""
@@ -222,8 +240,22 @@ class SentenceScorer:
         state, total = None, 0.0
         for start in range(0, inputs.numel(), chunk):
             hidden, state = self.model.hidden_states(inputs[None, start : start + chunk], state)
-            total += float(self.model.token_logprobs(hidden[0], targets[start : start + chunk]).double().sum())
+            logprobs = self.model.token_logprobs(hidden[0], targets[start : start + chunk]).double().cpu()
+            total += float(mix_sentence(self.lm, logprobs, inputs, targets, start).sum())
         return total
+
+
+def mix_sentence(lm: LanguageModel, logprobs: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """Mix the n-gram into the network's log-probs of ``targets[start:start + len(logprobs)]``.
+
+    inputs/targets: the whole sentence, ``<s> w1 .. wn`` and ``w1 .. wn </s>``; the n-gram needs the
+    tokens before ``start`` as history.
+    """
+    if lm.ngram is None:
+        return logprobs
+    end = start + logprobs.numel()
+    histories = history_windows(inputs.cpu(), lm.ngram.history_width)[start:end]
+    return lm.mix(logprobs, histories, targets.cpu()[start:end])
 
 
 def score_one_at_a_time(lm: LanguageModel, sequences: Sequence[Sequence[int]]) -> list[float]:
@@ -235,7 +267,7 @@ def score_one_at_a_time(lm: LanguageModel, sequences: Sequence[Sequence[int]]) -
             x = torch.tensor([[tok.bos_id, *sequence]], device=lm.device)
             y = torch.tensor([[*sequence, tok.eos_id]], device=lm.device)
             nll = model(x, y, torch.tensor([len(sequence) + 1]))
-            scores.append(-float(nll.double().sum()))
+            scores.append(float(mix_sentence(lm, -nll[0].double().cpu(), x[0], y[0]).sum()))
     return scores
 
 
@@ -259,8 +291,9 @@ def score_padded(lm: LanguageModel, sequences: Sequence[Sequence[int]], batch_to
                 x[row, : len(seq) + 1] = torch.tensor([tok.bos_id, *seq])
                 y[row, : len(seq) + 1] = torch.tensor([*seq, tok.eos_id])
             lengths = torch.tensor([len(sequences[i]) + 1 for i in batch])
-            nll = model(x.to(lm.device), y.to(lm.device), lengths).double().sum(dim=1).cpu()
+            nll = model(x.to(lm.device), y.to(lm.device), lengths).double().cpu()
             for row, i in enumerate(batch):
-                scores[i] = -float(nll[row])
+                n = int(lengths[row])
+                scores[i] = float(mix_sentence(lm, -nll[row, :n], x[row, :n], y[row, :n]).sum())
             start = end
     return scores

@@ -3,6 +3,7 @@
 Layout of an output directory while training::
 
     MODEL_DIR/config.json, tokenizer.model, model.pt   the best model so far (a usable model directory)
+    MODEL_DIR/ngram.pt                                 the interpolated n-gram (unless --ngram-order 0)
     MODEL_DIR/metrics.jsonl                            one JSON line per validation
     MODEL_DIR/train/tokenizer.model                    the tokenizer, trained once
     MODEL_DIR/train/{train,valid}.{ids,offsets}        the tokenised corpus, memory-mapped
@@ -30,6 +31,7 @@ from lm import distributed
 from lm.checkpoint import FORMAT_VERSION, atomic_write_bytes, save_model_dir
 from lm.data import TokenizedCorpus, collate, make_batches
 from lm.model import ModelConfig, RnnLanguageModel
+from lm.ngram import NgramModel, fit_mixture_weight, history_windows, mix_logprobs
 from lm.progress import TrainingProgress
 from lm.tokenizer import Tokenizer, TokenizerConfig
 from lm.train_data import prepare_data
@@ -63,6 +65,8 @@ class TrainConfig:
     reverse: bool = False
     checkpoint_minutes: float = 5.0
     max_bad_steps: int = 20
+    ngram_order: int = 4  # Kneser-Ney n-gram interpolated with the network; 0: none
+    ngram_min_count: int = 1  # drop n-grams (order 3+) seen fewer times, for a smaller model
 
 
 @dataclass
@@ -74,6 +78,7 @@ class TrainState:
     step: int = 0
     elapsed_s: float = 0.0
     best_valid_loss: float = math.inf
+    rnn_weight: float = 1.0  # the network's share in the n-gram mixture of the best model
     bad_epochs: int = 0
     bad_steps: int = 0
     clipped_steps: int = 0
@@ -96,6 +101,7 @@ class Session:
     record: dict
     state: TrainState = field(default_factory=TrainState)
     ddp_model: torch.nn.Module | None = None
+    ngram: NgramModel | None = None
     stop_requested: bool = False
     started_at: float = field(default_factory=time.monotonic)
 
@@ -156,20 +162,44 @@ def compute_loss(session: Session, batch: torch.Tensor, train: bool) -> tuple[to
     return nll.sum(), int(lengths.sum())
 
 
-def compute_validation_loss(session: Session) -> float:
-    """Mean NLL per token on the validation set, summed over all ranks."""
+@dataclass
+class Validation:
+    """Mean NLL per token on the validation set: the network's, and the model's (mixed with the n-gram)."""
+
+    rnn_loss: float
+    loss: float
+    rnn_weight: float = 1.0
+
+
+def validate(session: Session) -> Validation:
+    """Score the validation set (all ranks), fitting the n-gram mixture weight on it when there is one."""
     session.model.eval()
     generator = torch.Generator().manual_seed(0)
     lengths = session.valid_corpus.lengths
     batches = make_batches(lengths, session.config.batch_tokens, generator, session.config.max_length)
-    total, tokens = 0.0, 0
+    rnn, ngram = [], []
     with torch.inference_mode():
         for batch in batches[session.world.rank :: session.world.size]:
-            loss, n = compute_loss(session, batch, train=False)
-            total, tokens = total + float(loss), tokens + n
+            x, y, lengths = collate(session.valid_corpus, batch, session.tokenizer, session.config.max_length)
+            with torch.autocast(session.device.type, dtype=torch.bfloat16, enabled=session.use_bf16):
+                nll = session.model(x.to(session.device), y.to(session.device), lengths).double().cpu()
+            for row, n in enumerate(lengths.tolist()):
+                rnn.append(-nll[row, :n])
+                if session.ngram is not None:
+                    histories = history_windows(x[row, :n], session.ngram.history_width)
+                    ngram.append(session.ngram.logprobs(histories, y[row, :n]))
     session.model.train()
-    total, tokens = distributed.all_reduce_sum([total, float(tokens)], session.world)
-    return total / max(tokens, 1.0)
+    rnn_logprobs = torch.cat(rnn) if rnn else torch.zeros(0, dtype=torch.float64)
+    total, tokens = distributed.all_reduce_sum([-float(rnn_logprobs.sum()), float(rnn_logprobs.numel())], session.world)
+    rnn_loss = total / max(tokens, 1.0)
+    if session.ngram is None:
+        return Validation(rnn_loss, rnn_loss)
+    ngram_logprobs = torch.cat(ngram) if ngram else torch.zeros(0, dtype=torch.float64)
+    weight = fit_mixture_weight(
+        rnn_logprobs, ngram_logprobs, reduce=lambda values: distributed.all_reduce_sum(values, session.world)
+    )
+    mixed = -float(mix_logprobs(rnn_logprobs, ngram_logprobs, weight).sum())
+    return Validation(rnn_loss, distributed.all_reduce_sum([mixed], session.world)[0] / max(tokens, 1.0), weight)
 
 
 def epoch_batches(session: Session) -> list[torch.Tensor]:
@@ -243,31 +273,39 @@ def train_one_epoch(session: Session, progress: TrainingProgress, total_steps: i
 def end_of_epoch(session: Session, epoch_done: bool) -> None:
     """Validate, keep the best model, log metrics, and move the position to the next epoch."""
     state = session.state
-    valid_loss = compute_validation_loss(session)
+    validation = validate(session)
     if epoch_done:  # before saving, so that config.json counts this epoch in "epochs_done"
         state.epoch, state.batch_index = state.epoch + 1, 0
-    improved = valid_loss < state.best_valid_loss
+    improved = validation.loss < state.best_valid_loss
     if improved:
-        state.best_valid_loss, state.bad_epochs = valid_loss, 0
+        state.best_valid_loss, state.rnn_weight, state.bad_epochs = validation.loss, validation.rnn_weight, 0
         if session.world.is_main:
-            save_model_dir(session.out_dir, session.model, session.tokenizer, model_record(session))
+            save_model_dir(session.out_dir, session.model, session.tokenizer, model_record(session), ngram=session.ngram)
     elif epoch_done:
         state.bad_epochs += 1
-    write_metrics(session, valid_loss, improved, epoch_done)
+    write_metrics(session, validation, improved, epoch_done)
 
 
 def model_record(session: Session) -> dict:
     """What ``config.json`` records besides the architecture."""
-    return {
+    record = {
         **session.record,
         "direction": "backward" if session.config.reverse else "forward",
         "training": {**asdict(session.config), "steps": session.state.step, "epochs_done": session.state.epoch},
         "best_valid_loss": session.state.best_valid_loss,
         "valid_ppl_token": math.exp(min(session.state.best_valid_loss, 50)),
     }
+    if session.ngram is not None:
+        record["ngram"] = {
+            "order": session.ngram.order,
+            "min_count": session.config.ngram_min_count,
+            "num_ngrams": session.ngram.num_ngrams,
+            "rnn_weight": session.state.rnn_weight,
+        }
+    return record
 
 
-def write_metrics(session: Session, valid_loss: float, improved: bool, epoch_done: bool) -> None:
+def write_metrics(session: Session, validation: Validation, improved: bool, epoch_done: bool) -> None:
     if not session.world.is_main:
         return
     state = session.state
@@ -277,15 +315,20 @@ def write_metrics(session: Session, valid_loss: float, improved: bool, epoch_don
         "step": state.step,
         "elapsed_s": round(elapsed_s(session), 1),
         "lr": session.optimizer.param_groups[0]["lr"],
-        "valid_loss": valid_loss,
-        "valid_ppl_token": math.exp(min(valid_loss, 50)),
+        "valid_loss": validation.loss,
+        "valid_ppl_token": math.exp(min(validation.loss, 50)),
+        "rnn_valid_loss": validation.rnn_loss,
+        "rnn_weight": validation.rnn_weight,
         "best": improved,
         "clipped_fraction": state.clipped_steps / max(state.step, 1),
         "skipped_steps": state.bad_steps,
     }
     with open(session.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
-    log.info("epoch %s: valid ppl/token %.2f%s", row["epoch"], row["valid_ppl_token"], " (best)" if improved else "")
+    log.info(
+        "epoch %s: valid ppl/token %.2f (network alone %.2f)%s", row["epoch"], row["valid_ppl_token"],
+        math.exp(min(validation.rnn_loss, 50)), " (best)" if improved else "",
+    )
 
 
 def save_checkpoint(session: Session) -> None:
@@ -343,6 +386,7 @@ def build_session(
         torch.set_num_threads(distributed.threads_per_process(world))
     torch.manual_seed(config.seed)
     data = prepare_data(corpus_paths, out_dir / "train", tokenizer_config, config, valid_paths, exclude_paths, world)
+    ngram = build_ngram(data.train, data.tokenizer, config)
     model_config = ModelConfig(vocab_size=data.tokenizer.vocab_size, **model_settings)
     torch.manual_seed(config.seed)
     model = RnnLanguageModel(model_config).to(device)
@@ -350,8 +394,20 @@ def build_session(
     record = {"seed": config.seed, "tokenizer": asdict(tokenizer_config), "corpus": data.statistics}
     return Session(
         model=model, optimizer=optimizer, tokenizer=data.tokenizer, train_corpus=data.train, valid_corpus=data.valid,
-        config=config, device=device, world=world, out_dir=out_dir, record=record,
+        config=config, device=device, world=world, out_dir=out_dir, record=record, ngram=ngram,
     )
+
+
+def build_ngram(corpus: TokenizedCorpus, tokenizer: Tokenizer, config: TrainConfig) -> NgramModel | None:
+    """Count the training split into the Kneser-Ney n-gram (seconds; rebuilt identically on resume)."""
+    if not config.ngram_order:
+        return None
+    ngram = NgramModel.build(
+        corpus.ids, corpus.offsets, config.ngram_order, tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id,
+        config.ngram_min_count,
+    )
+    log.info("Kneser-Ney %d-gram over the training tokens: %d n-grams", config.ngram_order, ngram.num_ngrams)
+    return ngram
 
 
 def run(

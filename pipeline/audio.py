@@ -185,9 +185,10 @@ class LmNode:
     ``edge_logprob``: log P(pieces | parent's history), once known. ``rnn_state`` and ``next_logprobs``
     (log P(next piece | history) for every piece, a list for fast lookups) are the cached part.
     ``inner_logprob``: the log-probs of the edge's pieces after the first, known once computed.
+    ``history``: the last n-1 piece ids read, for a model with an n-gram (kept when the cache is evicted).
     """
 
-    __slots__ = ("state", "parent", "pieces", "edge_logprob", "inner_logprob", "rnn_state", "next_logprobs")
+    __slots__ = ("state", "parent", "pieces", "edge_logprob", "inner_logprob", "rnn_state", "next_logprobs", "history")
 
     def __init__(self, state, parent: LmNode | None, pieces: tuple[int, ...]):
         self.state = state
@@ -197,6 +198,7 @@ class LmNode:
         self.inner_logprob: float | None = None
         self.rnn_state: State | None = None
         self.next_logprobs: list[float] | None = None
+        self.history: list[int] | None = None
 
     @property
     def cached(self) -> bool:
@@ -330,13 +332,21 @@ def lstm_ctc_lm_class() -> type:
             """Read ``node``'s pieces from the parent's recurrent state and cache the results."""
             x = torch.tensor([node.pieces], dtype=torch.int64, device=self.device)  # (1, k)
             hidden, state = self.model.hidden_states(x, state)  # hidden: (1, k, D)
-            logprobs = torch.log_softmax(self.model.output_linear(hidden[0]).float(), dim=-1)  # (k, V)
+            logprobs = torch.log_softmax(self.model.output_linear(hidden[0]).float(), dim=-1).cpu()  # (k, V)
             self.steps += len(node.pieces)
-            if len(node.pieces) > 1:
-                inner = logprobs[:-1].gather(1, x[0, 1:, None])  # (k - 1, 1): log P(p_j+1 | .., p_j)
+            k = len(node.pieces)
+            # n-gram histories: the parent's, then each piece of the edge read in turn
+            width = self.lm.ngram.history_width if self.lm.ngram is not None else 0
+            read = (node.parent.history if node.parent is not None else [-1] * width) + list(node.pieces)
+            node.history = read[k:]
+            if k > 1:
+                inner = logprobs[:-1].gather(1, x[0, 1:, None].cpu())[:, 0]  # (k - 1,): log P(p_j+1 | .., p_j)
+                if width:
+                    histories = torch.tensor([read[j : j + width] for j in range(1, k)], dtype=torch.int64)
+                    inner = self.lm.mix(inner, histories, x[0, 1:].cpu())
                 node.inner_logprob = float(inner.double().sum())
             node.rnn_state = state
-            node.next_logprobs = logprobs[-1].tolist()
+            node.next_logprobs = self.lm.mix_next(logprobs[-1], node.history).tolist()
             if node is not self.root:
                 self.cache[node] = None
                 while len(self.cache) > self.max_cached_states:

@@ -66,7 +66,11 @@ def train(
     hidden_dim: Annotated[int, typer.Option(help="Recurrent state size.")] = 512,
     num_layers: Annotated[int, typer.Option(help="Recurrent layers.")] = 2,
     dropout: Annotated[float, typer.Option(help="Dropout on embeddings, between layers and on outputs.")] = 0.4,
+    embedding_dropout: Annotated[float, typer.Option(help="Share of token types dropped from each batch.")] = 0.0,
+    weight_dropout: Annotated[float, typer.Option(help="DropConnect on the recurrent hidden-to-hidden weights.")] = 0.0,
     tie_weights: Annotated[bool, typer.Option(help="Share the embedding with the output layer.")] = True,
+    ngram_order: Annotated[int, typer.Option(help="Order of the Kneser-Ney n-gram mixed with the network (0: none).")] = 4,
+    ngram_min_count: Annotated[int, typer.Option(help="Drop n-grams of order 3+ seen fewer times (smaller model).")] = 1,
     epochs: Annotated[int, typer.Option(help="Most epochs to train.")] = 40,
     max_minutes: Annotated[float, typer.Option(help="Stop cleanly after this much training time (0: no limit).")] = 50.0,
     batch_tokens: Annotated[int, typer.Option(help="Padded tokens per batch (per process under torchrun).")] = 2048,
@@ -90,13 +94,14 @@ def train(
         epochs=epochs, max_minutes=max_minutes or None, batch_tokens=batch_tokens, lr=lr, warmup_steps=warmup_steps,
         clip=clip, seed=seed,
         device=device, precision=precision, threads=threads or None, valid_fraction=valid_fraction,
-        patience=patience, reverse=reverse,
+        patience=patience, reverse=reverse, ngram_order=ngram_order, ngram_min_count=ngram_min_count,
     )
     model_settings = dict(
         embedding_dim=embedding_dim, hidden_dim=hidden_dim, num_layers=num_layers, cell=cell, dropout=dropout,
-        tie_weights=tie_weights,
+        tie_weights=tie_weights, embedding_dropout=embedding_dropout, weight_dropout=weight_dropout,
     )
     from lm.model import ModelConfig
+    from lm.ngram import check_order
 
     if precision not in ("auto", "fp32", "bf16"):
         raise UsageError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
@@ -105,6 +110,10 @@ def train(
     try:
         tokenizer_config = TokenizerConfig(vocab_size=vocab_size, model_type=model_type)
         ModelConfig(vocab_size=vocab_size, **model_settings)  # check the options before any work
+        if ngram_order:
+            check_order(ngram_order, vocab_size)
+        if ngram_min_count < 1:
+            raise ValueError(f"--ngram-min-count must be at least 1, got {ngram_min_count}")
     except (TypeError, ValueError) as e:
         raise UsageError(str(e)) from e
     state = run(corpus, output, model_settings, tokenizer_config, config, valid, exclude or (), resume, progress)

@@ -17,6 +17,7 @@ from conftest import ENGLISH  # noqa: E402
 from lm.checkpoint import LanguageModel, load_model_dir, save_model_dir  # noqa: E402
 from lm.model import ModelConfig, RnnLanguageModel  # noqa: E402
 from lm.scorer import SentenceScorer  # noqa: E402
+from conftest import count_ngram  # noqa: E402
 from lm.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer  # noqa: E402
 from pipeline.audio import (  # noqa: E402
     BLANK_TOKEN,
@@ -40,15 +41,17 @@ def audio_tokenizer(tmp_path_factory) -> Tokenizer:
     return train_tokenizer(CORPUS * 5, path, TokenizerConfig(vocab_size=60))
 
 
-@pytest.fixture(scope="module")
-def fusion_lm(tmp_path_factory, audio_tokenizer) -> LanguageModel:
-    """A two-layer LSTM with random weights: exactness needs no training."""
+@pytest.fixture(scope="module", params=[0, 3], ids=["lstm", "lstm+trigram"])
+def fusion_lm(request, tmp_path_factory, audio_tokenizer) -> LanguageModel:
+    """A two-layer LSTM with random weights (exactness needs no training), alone and mixed with a trigram."""
     torch.manual_seed(0)
     config = ModelConfig(
         vocab_size=audio_tokenizer.vocab_size, embedding_dim=16, hidden_dim=24, num_layers=2, dropout=0.0
     )
     out = tmp_path_factory.mktemp("audio-lm")
-    save_model_dir(out, RnnLanguageModel(config), audio_tokenizer, {"seed": 0})
+    ngram = count_ngram(audio_tokenizer, CORPUS, request.param) if request.param else None
+    record = {"seed": 0, "ngram": {"order": request.param, "rnn_weight": 0.5}} if ngram else {"seed": 0}
+    save_model_dir(out, RnnLanguageModel(config), audio_tokenizer, record, ngram=ngram)
     return load_model_dir(out)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lm.model import CELLS, ModelConfig, RnnLanguageModel, concat_states, select_state, zero_state
+from lm.model import CELLS, ModelConfig, RnnLanguageModel, concat_states, locked_dropout, select_state, zero_state
 
 BOS, EOS, PAD = 2, 3, 0
 
@@ -153,6 +153,8 @@ def test_select_and_concat_states_pick_batch_rows(cell):
         (dict(num_layers=0), "num_layers must be positive"),
         (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
         (dict(dropout=-0.1), "dropout must be in"),
+        (dict(embedding_dropout=1.0), "embedding_dropout must be in"),
+        (dict(weight_dropout=-0.5), "weight_dropout must be in"),
     ],
 )
 def test_bad_config_raises_value_error(settings, message):
@@ -168,3 +170,43 @@ def test_gather_logprobs_reuses_one_row_per_state():
         expected = torch.log_softmax(model.output_linear(hidden), dim=-1)[rows, targets]
         assert torch.allclose(model.gather_logprobs(hidden, rows, targets), expected, atol=1e-5)
         assert torch.allclose(model.token_logprobs(hidden[rows], targets), expected, atol=1e-5)
+
+
+def test_locked_dropout_uses_one_mask_for_all_time_steps():
+    torch.manual_seed(0)
+    x = torch.ones(4, 6, 32)
+    dropped = locked_dropout(x, 0.5, training=True)
+    assert torch.equal(dropped, dropped[:, :1].expand_as(dropped))  # every step the same as the first
+    assert {float(v) for v in dropped.unique()} == {0.0, 2.0}  # kept units are scaled by 1 / (1 - p)
+    assert not torch.equal(dropped[0], dropped[1])  # each sequence draws its own mask
+    assert torch.equal(locked_dropout(x, 0.5, training=False), x)
+
+
+def test_embedding_dropout_removes_every_occurrence_of_a_dropped_type():
+    torch.manual_seed(1)
+    model = sharp_model(embedding_dropout=0.5).train()
+    x = torch.tensor([[5, 6, 5, 6, 7, 5, 7, 6]] * 3)
+    embedded = model.embed(x)
+    zero = embedded.abs().sum(-1) == 0
+    for token in (5, 6, 7):  # a type is dropped everywhere in the batch or nowhere
+        assert zero[x == token].all() or not zero[x == token].any()
+    assert zero.any() and not zero.all()
+    assert torch.equal(model.eval().embed(x), model.input_embedding(x))
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_weight_dropout_acts_in_training_only_and_keeps_the_weights(cell):
+    model = sharp_model(cell, weight_dropout=0.5)
+    x = torch.tensor([[2, 5, 6, 7, 8]])
+    weights_before = model.rnn.weight_hh_l0.detach().clone()
+    with torch.no_grad():
+        evaluated = model.hidden_states(x)[0]
+        assert torch.equal(evaluated, model.hidden_states(x)[0])  # no noise at scoring time
+        torch.manual_seed(3)
+        trained = model.train().hidden_states(x)[0]
+    assert not torch.allclose(trained, evaluated)
+    assert torch.equal(model.rnn.weight_hh_l0, weights_before)
+    # gradients reach the recurrent weights through the dropped copy
+    model.zero_grad()
+    model.hidden_states(x)[0].sum().backward()
+    assert model.rnn.weight_hh_l0.grad is not None and model.rnn.weight_hh_l0.grad.abs().sum() > 0

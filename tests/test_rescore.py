@@ -204,7 +204,9 @@ def test_empty_text_scores_end_of_sentence_after_start(scorer, trained_lm):
     model, tok = trained_lm.model.eval(), trained_lm.tokenizer
     with torch.inference_mode():
         hidden, _ = model.hidden_states(torch.tensor([[tok.bos_id]]))
-        expected = float(model.token_logprobs(hidden[0], torch.tensor([tok.eos_id]))[0])
+        network = model.token_logprobs(hidden[0], torch.tensor([tok.eos_id]))
+        history = torch.tensor([[-1] * (trained_lm.ngram.history_width - 1) + [tok.bos_id]])
+        expected = float(trained_lm.mix(network, history, torch.tensor([tok.eos_id]))[0])
     assert math.isfinite(logprob)
     assert logprob == pytest.approx(expected, abs=1e-5)
     assert logprob < 0

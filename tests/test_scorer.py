@@ -154,7 +154,8 @@ def test_empty_text_is_log_probability_of_end_after_start(sharp_lm):
     model, tok = sharp_lm.model, sharp_lm.tokenizer
     with torch.no_grad():
         hidden, _ = model.hidden_states(torch.tensor([[tok.bos_id]]))
-        expected = float(torch.log_softmax(model.output_linear(hidden[0, 0]), dim=-1)[tok.eos_id])
+        network = torch.log_softmax(model.output_linear(hidden[0, 0]), dim=-1)
+        expected = float(sharp_lm.mix_next(network, sharp_lm.start_history())[tok.eos_id])
     assert SentenceScorer(sharp_lm).score([""]) == [pytest.approx(expected, abs=1e-5)]
 
 

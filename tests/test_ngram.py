@@ -1,0 +1,242 @@
+"""The Kneser-Ney n-gram and its mixture with the network: probabilities, storage, training, loading."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import defaultdict
+
+import pytest
+import torch
+
+from conftest import CORPUS, TINY_MODEL, tiny_train_config, write_lines
+from lm.checkpoint import NGRAM_FILE, ModelDirError, load_model_dir
+from lm.ngram import NgramError, NgramModel, check_order, fit_mixture_weight, history_windows, mix_logprobs
+from lm.scorer import SentenceScorer
+from lm.tokenizer import TokenizerConfig
+from lm.train import run
+
+V, BOS, EOS = 12, 1, 2
+
+
+def random_sentences(seed: int, count: int = 60) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.choice(range(3, 9)) for _ in range(rng.randint(1, 8))] for _ in range(count)]
+
+
+def build(sentences: list[list[int]], order: int, min_count: int = 1) -> NgramModel:
+    flat = torch.tensor([t for s in sentences for t in s], dtype=torch.int64)
+    offsets = torch.tensor([0] + [len(s) for s in sentences]).cumsum(0)
+    return NgramModel.build(flat, offsets, order, V, BOS, EOS, min_count)
+
+
+class DictKneserNey:
+    """Interpolated modified Kneser-Ney written plainly with dictionaries: the reference."""
+
+    def __init__(self, sentences: list[list[int]], order: int):
+        self.order = order
+        raw = [defaultdict(int) for _ in range(order + 1)]
+        for sentence in sentences:
+            seq = [BOS, *sentence, EOS]
+            for end in range(1, len(seq)):
+                for k in range(1, min(order, end + 1) + 1):
+                    raw[k][tuple(seq[end - k + 1 : end + 1])] += 1
+        self.counts = [dict() for _ in range(order + 1)]
+        self.counts[order] = dict(raw[order])
+        for k in range(1, order):
+            left = defaultdict(int)
+            for gram in raw[k + 1]:
+                left[gram[1:]] += 1
+            self.counts[k] = {g: (c if g[0] == BOS else left[g]) for g, c in raw[k].items()}
+        self.discounts = [None] + [self.discount(self.counts[k]) for k in range(1, order + 1)]
+
+    @staticmethod
+    def discount(counts: dict) -> list[float]:
+        n = [sum(1 for c in counts.values() if c == i) or 1 for i in (1, 2, 3, 4)]
+        y = n[0] / (n[0] + 2 * n[1])
+        raw = [1 - 2 * y * n[1] / n[0], 2 - 3 * y * n[2] / n[1], 3 - 4 * y * n[3] / n[2]]
+        return [min(max(d, 0.05), c - 0.05) for c, d in zip((1, 2, 3), raw)]
+
+    def prob(self, history: list[int], word: int) -> float:
+        history = [t for t in history if t >= 0][-(self.order - 1) :]
+        p = 1.0 / V
+        for k in range(1, len(history) + 2):
+            context = tuple(history[len(history) - (k - 1) :]) if k > 1 else ()
+            followers = {g[-1]: c for g, c in self.counts[k].items() if g[:-1] == context}
+            if not followers:
+                continue
+            total = sum(followers.values())
+            d = self.discounts[k]
+            gamma = sum(d[min(c, 3) - 1] for c in followers.values()) / total
+            c = followers.get(word, 0)
+            p = (max(c - d[min(c, 3) - 1], 0) if c else 0) / total + gamma * p
+        return p
+
+
+HISTORIES = [[-1, BOS], [BOS, 3], [3, 4], [5, 5], [4, 8], [11, 3], [11, 11], [-1, -1]]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_probabilities_equal_a_plain_dictionary_implementation(seed):
+    sentences = random_sentences(seed)
+    ngram, reference = build(sentences, 3), DictKneserNey(sentences, 3)
+    for history in HISTORIES:
+        expected = torch.tensor([reference.prob(history, w) for w in range(V)], dtype=torch.float64)
+        assert torch.allclose(ngram.next_logprobs(torch.tensor(history)).exp(), expected, atol=1e-6), history
+
+
+@pytest.mark.parametrize("order, min_count", [(2, 1), (3, 1), (4, 1), (4, 2), (4, 3)])
+def test_every_next_token_distribution_sums_to_one(order, min_count):
+    ngram = build(random_sentences(2), order, min_count)
+    for history in HISTORIES:
+        full = torch.tensor([-1] * (order - 1 - len(history)) + history)[-(order - 1) :]
+        assert float(ngram.next_logprobs(full).exp().sum()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_batched_lookup_equals_the_next_token_distribution():
+    ngram = build(random_sentences(3), 4)
+    histories = torch.tensor([[-1, -1, BOS], [BOS, 3, 4], [5, 6, 7], [8, 8, 8], [-1, BOS, 6]] * V)
+    targets = torch.arange(V).repeat_interleave(5)
+    batched = ngram.logprobs(histories, targets)
+    one_by_one = torch.stack([ngram.next_logprobs(h)[t] for h, t in zip(histories, targets)])
+    assert torch.allclose(batched, one_by_one, atol=1e-12)
+
+
+def test_lower_orders_use_continuation_counts():
+    """Kneser-Ney's point: a token seen often but after one context only gets little back-off mass."""
+    sentences = [[3, 4]] * 30 + [[t, 5] for t in (6, 7, 8, 9, 10)]  # 4 follows only 3; 5 follows five tokens
+    ngram = build(sentences, 2)
+    unseen_context = ngram.next_logprobs(torch.tensor([11]))  # 11 never seen: falls to the unigram level
+    assert unseen_context[5] > unseen_context[4]
+    assert ngram.next_logprobs(torch.tensor([3]))[4] > math.log(0.9)  # yet after 3, 4 is near certain
+
+
+def test_pruning_drops_rare_ngrams_and_keeps_the_rest():
+    sentences = random_sentences(4, count=200)
+    full, pruned = build(sentences, 4), build(sentences, 4, min_count=3)
+    assert pruned.num_ngrams < full.num_ngrams
+    for k in (1, 2):  # orders 1 and 2 are never pruned
+        assert torch.equal(pruned.tables[f"gram_keys.{k}"], full.tables[f"gram_keys.{k}"])
+
+
+def test_sentence_boundaries_are_not_crossed():
+    ngram = build([[3, 4], [5, 6]], 3)
+    # "4 </s> <s> 5" never happened: there is no trigram context (4, EOS)
+    context = torch.tensor([[4, EOS]])
+    assert not bool(torch.isin(pack_context(context, ngram.bits), ngram.tables["context_keys.3"]).any())
+    assert ngram.next_logprobs(torch.tensor([BOS, 3]))[4] > ngram.next_logprobs(torch.tensor([BOS, 3]))[6]
+
+
+def pack_context(tokens: torch.Tensor, bits: int) -> torch.Tensor:
+    return (tokens[:, 0] << bits) | tokens[:, 1]
+
+
+def test_order_must_fit_the_key():
+    with pytest.raises(NgramError, match="order 5 is too high for a vocabulary of 8000"):
+        check_order(5, 8000)
+    with pytest.raises(NgramError, match="at least 2"):
+        check_order(1, 100)
+    check_order(4, 32000)
+
+
+def test_state_dict_round_trip():
+    ngram = build(random_sentences(5), 3)
+    again = NgramModel.from_state_dict(ngram.state_dict())
+    histories, targets = torch.tensor([[BOS, 3], [4, 5]]), torch.tensor([4, EOS])
+    assert torch.equal(again.logprobs(histories, targets), ngram.logprobs(histories, targets))
+    state = ngram.state_dict()
+    del state["gram_keys.2"]
+    with pytest.raises(NgramError, match="missing gram_keys.2"):
+        NgramModel.from_state_dict(state)
+
+
+def test_history_windows_pad_before_the_start():
+    windows = history_windows(torch.tensor([BOS, 5, 6, 7]), 3)
+    assert windows.tolist() == [[-1, -1, BOS], [-1, BOS, 5], [BOS, 5, 6], [5, 6, 7]]
+
+
+def test_mixture_weight_maximises_the_likelihood():
+    generator = torch.Generator().manual_seed(0)
+    a = -torch.rand(500, generator=generator, dtype=torch.float64) * 6
+    b = -torch.rand(500, generator=generator, dtype=torch.float64) * 6
+    weight = fit_mixture_weight(a, b)
+
+    def likelihood(w: float) -> float:
+        return float(mix_logprobs(a, b, w).sum())
+
+    grid = max((likelihood(w / 100), w / 100) for w in range(1, 100))
+    assert likelihood(weight) >= grid[0] - 1e-6
+    assert abs(weight - grid[1]) <= 0.011
+    # a model that is better everywhere takes (nearly) all the weight
+    assert fit_mixture_weight(a, a - 3.0) > 0.95
+
+
+def test_mix_logprobs_is_the_log_of_the_mixed_probabilities():
+    a, b = torch.tensor([-1.0, -7.0, -0.1]), torch.tensor([-2.0, -0.5, -30.0])
+    expected = torch.log(0.3 * a.double().exp() + 0.7 * b.double().exp())
+    assert torch.allclose(mix_logprobs(a, b, 0.3), expected)
+
+
+@pytest.fixture(scope="module")
+def mixed_run(tmp_path_factory):
+    """A tiny run with a trigram; the validation sentences are new combinations of corpus words."""
+    root = tmp_path_factory.mktemp("mixed")
+    corpus = write_lines(root / "corpus.txt", CORPUS, repeat=10)
+    valid = write_lines(root / "valid.txt", ["and god saw the earth", "the history of the light", "历史告诉他们"])
+    config = tiny_train_config(epochs=6, ngram_order=3)
+    run([corpus], root / "lm", TINY_MODEL, TokenizerConfig(vocab_size=120), config, valid_paths=[valid], show_progress=False)
+    return root / "lm"
+
+
+def test_training_writes_the_ngram_and_a_fitted_weight(mixed_run):
+    config = json.loads((mixed_run / "config.json").read_text())
+    assert config["ngram"]["order"] == 3 and 0.0 < config["ngram"]["rnn_weight"] < 1.0
+    rows = [json.loads(line) for line in (mixed_run / "metrics.jsonl").read_text().splitlines()]
+    best = min(rows, key=lambda row: row["valid_loss"])
+    assert config["ngram"]["rnn_weight"] == pytest.approx(best["rnn_weight"])
+    # the fitted mixture is at least as good on validation as the network alone
+    assert all(row["valid_loss"] <= row["rnn_valid_loss"] + 1e-9 for row in rows)
+    assert (mixed_run / NGRAM_FILE).is_file()
+
+
+def test_scores_mix_network_and_ngram_token_by_token(mixed_run):
+    lm = load_model_dir(mixed_run)
+    text = "and god saw the earth"
+    ids = lm.tokenizer.encode([text])[0]
+    inputs, targets = torch.tensor([lm.tokenizer.bos_id, *ids]), torch.tensor([*ids, lm.tokenizer.eos_id])
+    with torch.inference_mode():
+        hidden, _ = lm.model.hidden_states(inputs[None])
+        network = torch.log_softmax(lm.model.output_linear(hidden[0]), dim=-1)[torch.arange(len(targets)), targets]
+    w = lm.ngram_weight
+    expected = 0.0
+    for t, target in enumerate(targets.tolist()):
+        history = inputs[max(0, t - 1) : t + 1].tolist()
+        p_ngram = math.exp(float(lm.ngram.next_logprobs(torch.tensor([-1] * (2 - len(history)) + history))[target]))
+        expected += math.log(w * math.exp(float(network[t])) + (1 - w) * p_ngram)
+    assert SentenceScorer(lm).score([text]) == [pytest.approx(expected, abs=1e-5)]
+
+
+def test_model_without_ngram_file_is_refused(mixed_run, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json", "tokenizer.model", "model.pt"):
+        (broken / name).write_bytes((mixed_run / name).read_bytes())
+    with pytest.raises(ModelDirError, match="ngram.pt: missing"):
+        load_model_dir(broken)
+
+
+def test_pickled_code_in_place_of_the_ngram_is_refused(mixed_run, tmp_path):
+    import pickle
+
+    class Exploit:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('pwned')",))
+
+    target = tmp_path / "evil"
+    target.mkdir()
+    for name in ("config.json", "tokenizer.model", "model.pt"):
+        (target / name).write_bytes((mixed_run / name).read_bytes())
+    torch.save({"order": Exploit()}, target / NGRAM_FILE, pickle_module=pickle)
+    with pytest.raises(ModelDirError, match="refused"):
+        load_model_dir(target)
