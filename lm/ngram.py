@@ -90,7 +90,7 @@ class NgramModel:
     ) -> NgramModel:
         """Count a tokenised corpus (``ids`` back to back, sentence ``offsets``) into KN tables.
 
-        ``min_count`` > 1 drops n-grams of order 3 and up seen fewer times (after KN count adjustment);
+        ``min_count`` > 1 drops n-grams of order 2 and up seen fewer times (after KN count adjustment);
         their probability mass moves to the order below, so the model stays normalised.
         """
         check_order(order, vocab_size)
@@ -110,7 +110,7 @@ class NgramModel:
                 continuation, found = lookup(suffixes, extensions, keys)
                 starts_with_bos = (keys >> (bits * (k - 1))) == bos_id if k > 1 else torch.zeros_like(found)
                 counts = torch.where(starts_with_bos | ~found, counts, continuation)
-            tables.update(kneser_ney_order(keys, counts, k, bits, min_count if k >= 3 else 1))
+            tables.update(kneser_ney_order(keys, counts, k, bits, min_count if k >= 2 else 1))
         return cls(order, vocab_size, tables)
 
     # -- scoring ---------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ class TrainConfig:
     checkpoint_minutes: float = 5.0
     max_bad_steps: int = 20
     ngram_order: int = 4  # Kneser-Ney n-gram interpolated with the network; 0: none
-    ngram_min_count: int = 1  # drop n-grams (order 3+) seen fewer times, for a smaller model
+    ngram_min_count: int = 1  # drop n-grams (order 2+) seen fewer times, for a smaller model
 
 
 @dataclass

@@ -70,7 +70,7 @@ def train(
     weight_dropout: Annotated[float, typer.Option(help="DropConnect on the recurrent hidden-to-hidden weights.")] = 0.0,
     tie_weights: Annotated[bool, typer.Option(help="Share the embedding with the output layer.")] = True,
     ngram_order: Annotated[int, typer.Option(help="Order of the Kneser-Ney n-gram mixed with the network (0: none).")] = 4,
-    ngram_min_count: Annotated[int, typer.Option(help="Drop n-grams of order 3+ seen fewer times (smaller model).")] = 1,
+    ngram_min_count: Annotated[int, typer.Option(help="Drop n-grams of order 2+ seen fewer times (smaller model).")] = 1,
     epochs: Annotated[int, typer.Option(help="Most epochs to train.")] = 40,
     max_minutes: Annotated[float, typer.Option(help="Stop cleanly after this much training time (0: no limit).")] = 50.0,
     batch_tokens: Annotated[int, typer.Option(help="Padded tokens per batch (per process under torchrun).")] = 2048,

@@ -5,12 +5,15 @@
 
 All variants run in one process at the same thread count, so the ratios hold on a noisy shared machine.
 The synthetic workload uses a model of the given size with random weights (speed does not depend on
-the weights); n-best lists are shaped like real ones (see ``synthetic_nbest``).
+the weights); n-best lists are shaped like real ones (see ``synthetic_nbest``). The last variant adds
+the n-gram mixture (the model's own n-gram, or for random weights one counted on the workload itself;
+its max|diff| is against naive scoring of the same mixture).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import time
@@ -21,6 +24,7 @@ import torch
 
 from lm.checkpoint import LanguageModel, load_model_dir
 from lm.model import ModelConfig, RnnLanguageModel
+from lm.ngram import NgramModel
 from lm.scorer import SentenceScorer, score_one_at_a_time, score_padded
 
 
@@ -99,21 +103,36 @@ def best_of(fn, repeats: int):
     return runs[0][0], min(t for _, t in runs)
 
 
+def with_ngram(lm: LanguageModel, sequences: list[list[int]], order: int = 4) -> LanguageModel:
+    """``lm`` mixed with a Kneser-Ney n-gram: its own if it has one, else one counted on ``sequences``."""
+    if lm.ngram is not None:
+        return lm
+    flat = torch.tensor([t for s in sequences for t in s], dtype=torch.int64)
+    offsets = torch.tensor([0] + [len(s) for s in sequences]).cumsum(0)
+    vocab = lm.model.config.vocab_size
+    ngram = NgramModel.build(flat, offsets, order, vocab, lm.tokenizer.bos_id, lm.tokenizer.eos_id)
+    return dataclasses.replace(lm, ngram=ngram, config={**lm.config, "ngram": {"order": order, "rnn_weight": 0.5}})
+
+
 def run_variants(lm: LanguageModel, sequences: list[list[int]], repeats: int, naive_limit: int) -> list[dict]:
     """Time every variant on the same sequences; naive runs on a prefix and is extrapolated per hypothesis."""
     naive_part = sequences[:naive_limit]
-    reference, naive_s = best_of(lambda: score_one_at_a_time(lm, naive_part), 1)
+    network = dataclasses.replace(lm, ngram=None)
+    mixed = with_ngram(lm, sequences)
+    reference, naive_s = best_of(lambda: score_one_at_a_time(network, naive_part), 1)
     naive_s *= len(sequences) / len(naive_part)
-    fp32 = SentenceScorer(lm, precision="fp32")
-    bf16 = SentenceScorer(lm, precision="bf16")
+    mixed_reference = score_one_at_a_time(mixed, naive_part)
+    fp32, bf16 = SentenceScorer(network, precision="fp32"), SentenceScorer(network, precision="bf16")
+    mixed_fp32 = SentenceScorer(mixed, precision="fp32")
     variants = [("naive one-at-a-time", None, naive_s)]
-    for name, fn in [
-        ("padded batching (length-sorted)", lambda: score_padded(lm, sequences)),
-        ("production engine fp32 (trie)", lambda: fp32.score_ids(sequences)),
-        ("production engine bf16 (trie)", lambda: bf16.score_ids(sequences)),
+    for name, fn, expected in [
+        ("padded batching (length-sorted)", lambda: score_padded(network, sequences), reference),
+        ("production engine fp32 (trie)", lambda: fp32.score_ids(sequences), reference),
+        ("production engine bf16 (trie)", lambda: bf16.score_ids(sequences), reference),
+        ("trie fp32 + 4-gram mixture", lambda: mixed_fp32.score_ids(sequences), mixed_reference),
     ]:
         scores, seconds = best_of(fn, repeats)
-        error = max(abs(a - b) for a, b in zip(scores[:naive_limit], reference))
+        error = max(abs(a - b) for a, b in zip(scores[:naive_limit], expected))
         variants.append((name, error, seconds))
     tokens = sum(len(s) + 1 for s in sequences)
     return [

@@ -1,4 +1,4 @@
-"""Copy a trained model directory without its training state, optionally with float16 weights.
+"""Copy a trained model directory (network, tokenizer, n-gram) without its training state, optionally with float16 weights.
 
     python scripts/export_model.py exp/zh exported/zh --dtype float16
 """
@@ -20,7 +20,7 @@ args = parser.parse_args()
 lm = load_model_dir(args.source)
 config = {k: v for k, v in lm.config.items() if k not in ("format_version", "model", "tokenizer_ids")}
 config["exported_from"] = str(args.source)
-save_model_dir(args.target, lm.model, lm.tokenizer, config, weights_dtype=getattr(torch, args.dtype))
+save_model_dir(args.target, lm.model, lm.tokenizer, config, weights_dtype=getattr(torch, args.dtype), ngram=lm.ngram)
 if (args.source / "metrics.jsonl").is_file():
     shutil.copyfile(args.source / "metrics.jsonl", args.target / "metrics.jsonl")
 print(f"exported {args.source} -> {args.target} ({args.dtype})")

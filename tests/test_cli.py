@@ -494,3 +494,20 @@ def test_debug_environment_variable_shows_the_exception(trained_model_dir, tmp_p
     result = invoke("rescore", str(path), "-m", str(trained_model_dir), env={"ASR_RESCORE_DEBUG": "1"})
     assert result.exit_code == 1
     assert isinstance(result.exception, NbestFormatError)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--ngram-order", "5"], "error: n-gram order 5 is too high for a vocabulary of 8000 (at most 4)"),
+        (["--ngram-order", "1"], "error: n-gram order must be at least 2, got 1"),
+        (["--ngram-min-count", "0"], "error: --ngram-min-count must be at least 1, got 0"),
+        (["--weight-dropout", "1.0"], "error: weight_dropout must be in [0, 1), got 1.0"),
+    ],
+)
+def test_bad_train_options_exit_2_before_any_work(tmp_path, option, message):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a sentence\n", encoding="utf-8")
+    result = runner.invoke(app, ["train", str(corpus), "-o", str(tmp_path / "lm"), *option])
+    assert assert_user_error(result, code=2) == message
+    assert not (tmp_path / "lm").exists()

@@ -116,8 +116,11 @@ def test_pruning_drops_rare_ngrams_and_keeps_the_rest():
     sentences = random_sentences(4, count=200)
     full, pruned = build(sentences, 4), build(sentences, 4, min_count=3)
     assert pruned.num_ngrams < full.num_ngrams
-    for k in (1, 2):  # orders 1 and 2 are never pruned
-        assert torch.equal(pruned.tables[f"gram_keys.{k}"], full.tables[f"gram_keys.{k}"])
+    assert torch.equal(pruned.tables["gram_keys.1"], full.tables["gram_keys.1"])  # unigrams are never pruned
+    for k in (3, 4):  # with six word types, every bigram here is frequent; longer n-grams are not
+        assert pruned.tables[f"gram_keys.{k}"].numel() < full.tables[f"gram_keys.{k}"].numel()
+    rare_bigram = build([[3, 4]] * 5 + [[5, 6]], 2, min_count=2)  # (5, 6) and (<s>, 5) seen once
+    assert rare_bigram.tables["gram_keys.2"].numel() == build([[3, 4]] * 5 + [[5, 6]], 2).tables["gram_keys.2"].numel() - 3
 
 
 def test_sentence_boundaries_are_not_crossed():

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import count_ngram
 from lm.checkpoint import LanguageModel, load_model_dir
 from lm.model import ModelConfig, RnnLanguageModel
 from lm.sample import SamplingConfig, sample_sentences, sample_token_ids
@@ -61,13 +63,28 @@ def spread_lm(memorised_lm) -> LanguageModel:
     return LanguageModel(model=model.eval(), tokenizer=memorised_lm.tokenizer, path=Path("random"))
 
 
+@pytest.fixture
+def spread_mixed_lm(spread_lm) -> LanguageModel:
+    """spread_lm mixed with a trigram counted on SENTENCES, the n-gram taking 70% of the probability."""
+    ngram = count_ngram(spread_lm.tokenizer, SENTENCES, 3)
+    return dataclasses.replace(spread_lm, ngram=ngram, config={"ngram": {"order": 3, "rnn_weight": 0.3}})
+
+
 def masked_logits(lm: LanguageModel, ids: list[int]) -> torch.Tensor:
-    """Logits (L + 1, V) after each prefix of ``<s> ids``, from one full pass with no carried state."""
+    """Logits (L + 1, V) after each prefix of ``<s> ids``, from one full pass with no carried state.
+
+    With an n-gram, the mixture's log-probabilities, the n-gram's looked up one history at a time.
+    """
     tokenizer = lm.tokenizer
     x = torch.tensor([[tokenizer.bos_id, *ids]])
     with torch.inference_mode():
         output, _ = lm.model.hidden_states(x)
         logits = lm.model.output_linear(output[0]).float()
+        if lm.ngram is not None:
+            padded = [-1] * lm.ngram.history_width + x[0].tolist()
+            histories = [padded[t + 1 : t + 1 + lm.ngram.history_width] for t in range(x.shape[1])]
+            network = torch.log_softmax(logits, dim=-1)
+            logits = torch.stack([lm.mix_next(network[t], h) for t, h in enumerate(histories)]).float()
         logits[:, [tokenizer.pad_id, tokenizer.unk_id, tokenizer.bos_id]] = -torch.inf
     return logits
 
@@ -105,6 +122,13 @@ def test_zero_temperature_is_greedy(spread_lm, temperature):
     expected = spread_lm.tokenizer.decode(greedy_ids(spread_lm, max_tokens=12))
     config = SamplingConfig(num=3, temperature=temperature, max_tokens=12, seed=5)
     assert sample_sentences(spread_lm, config) == [expected] * 3
+
+
+def test_greedy_sampling_follows_the_ngram_mixture(spread_lm, spread_mixed_lm):
+    expected = greedy_ids(spread_mixed_lm, max_tokens=12)
+    assert expected != greedy_ids(spread_lm, max_tokens=12)  # the n-gram changes the choices
+    config = SamplingConfig(num=2, temperature=0.0, max_tokens=12)
+    assert sample_token_ids(spread_mixed_lm, config) == [expected] * 2
 
 
 def test_top_k_one_is_greedy(spread_lm):
