@@ -165,16 +165,21 @@ def test_sigint_saves_then_resume_matches_uninterrupted_run(tmp_path, small_corp
     assert_same_weights(last_checkpoint(out)["model"], last_checkpoint(reference_run)["model"])
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize("variant", ["plain", "dropout", "all regularisers + n-gram"])
 def test_crash_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, small_corpus, reference_run, monkeypatch,
-                                                               dropout):
-    """With dropout the random-number state must be restored too."""
-    model = {**TINY_MODEL, "dropout": dropout}
-    if dropout:
-        reference = tmp_path / "reference"
-        train(reference, small_corpus, model=model)
-    else:
+                                                               variant):
+    """With dropout the random-number state must be restored too; with an n-gram, its fitted weight."""
+    model, config = TINY_MODEL, small_config()
+    if variant == "dropout":
+        model = {**TINY_MODEL, "dropout": 0.3}
+    elif variant != "plain":
+        model = {**TINY_MODEL, "dropout": 0.3, "embedding_dropout": 0.1, "weight_dropout": 0.3}
+        config = small_config(ngram_order=3)
+    if variant == "plain":
         reference = reference_run
+    else:
+        reference = tmp_path / "reference"
+        train(reference, small_corpus, config, model=model)
     out = tmp_path / "lm"
     real_loss, calls = lm.train.compute_loss, []
 
@@ -187,15 +192,20 @@ def test_crash_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, small_c
 
     monkeypatch.setattr(lm.train, "compute_loss", crash_on_ninth_batch)
     with pytest.raises(KeyboardInterrupt):
-        train(out, small_corpus, model=model)
+        train(out, small_corpus, config, model=model)
     monkeypatch.undo()
     assert last_checkpoint(out)["state"]["step"] == 8  # the checkpoint written after the last finished step
 
     torch.manual_seed(12345)  # whatever the process did in between must not matter
-    state = train(out, small_corpus, model=model, resume=True)
+    state = train(out, small_corpus, config, model=model, resume=True)
     assert state.finished
     assert_same_weights(last_checkpoint(out)["model"], last_checkpoint(reference)["model"])
     assert_same_weights(load_weights(out / "model.pt"), load_weights(reference / "model.pt"))
+    if config.ngram_order:
+        assert_same_weights(load_weights(out / "ngram.pt"), load_weights(reference / "ngram.pt"))
+        ngram = json.loads((out / "config.json").read_text())["ngram"]
+        assert ngram == json.loads((reference / "config.json").read_text())["ngram"]
+        assert 0.0 < ngram["rnn_weight"] < 1.0
 
 
 def test_resuming_a_finished_run_changes_nothing(tmp_path, small_corpus, reference_run):
