@@ -104,7 +104,7 @@ class NgramModel:
         tables: dict[str, torch.Tensor] = {}
         for k in range(1, order + 1):
             keys, counts = raw[k]
-            if k < order:  # continuation counts: distinct left extensions, except after <s>
+            if k < order:  # continuation counts (distinct left extensions), except for n-grams that start at <s>
                 suffix_mask = (1 << (bits * k)) - 1
                 suffixes, extensions = torch.unique(raw[k + 1][0] & suffix_mask, return_counts=True)
                 continuation, found = lookup(suffixes, extensions, keys)
