@@ -124,7 +124,8 @@ class NgramModel:
             usable = (context >= 0).all(dim=1)
             context_key = pack(context.clamp(min=0), self.bits)
             backoff, known = lookup(self.tables[f"context_keys.{k}"], self.tables[f"context_backoff.{k}"], context_key)
-            direct, _ = lookup(self.tables[f"gram_keys.{k}"], self.tables[f"gram_direct.{k}"], (context_key << self.bits) | targets)
+            gram_key = (context_key << self.bits) | targets
+            direct, _ = lookup(self.tables[f"gram_keys.{k}"], self.tables[f"gram_direct.{k}"], gram_key)
             p = torch.where(usable & known, direct + backoff * p, p)
         return p.log()
 
@@ -154,14 +155,17 @@ class NgramModel:
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> NgramModel:
         order, vocab_size = int(state["order"]), int(state["vocab_size"])
-        names = [f"{kind}.{k}" for k in range(1, order + 1) for kind in ("gram_keys", "gram_direct", "context_keys", "context_backoff")]
+        kinds = ("gram_keys", "gram_direct", "context_keys", "context_backoff")
+        names = [f"{kind}.{k}" for k in range(1, order + 1) for kind in kinds]
         missing = [name for name in names if name not in state]
         if missing:
             raise NgramError(f"n-gram tables incomplete (missing {', '.join(missing[:3])})")
         return cls(order, vocab_size, {name: state[name] for name in names})
 
 
-def with_boundaries(ids: torch.Tensor, offsets: torch.Tensor, bos_id: int, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def with_boundaries(
+    ids: torch.Tensor, offsets: torch.Tensor, bos_id: int, eos_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``<s> sentence </s>`` for every sentence, back to back, and each token's position in its sentence."""
     lengths = offsets[1:] - offsets[:-1]
     starts = offsets[:-1] + 2 * torch.arange(lengths.numel())

@@ -245,7 +245,9 @@ class SentenceScorer:
         return total
 
 
-def mix_sentence(lm: LanguageModel, logprobs: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor, start: int = 0) -> torch.Tensor:
+def mix_sentence(
+    lm: LanguageModel, logprobs: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor, start: int = 0
+) -> torch.Tensor:
     """Mix the n-gram into the network's log-probs of ``targets[start:start + len(logprobs)]``.
 
     inputs/targets: the whole sentence, ``<s> w1 .. wn`` and ``w1 .. wn </s>``; the n-gram needs the
