@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -57,7 +56,7 @@ class LanguageModel:
         return next(self.model.parameters()).device
 
     @property
-    def ngram_weight(self) -> float:
+    def rnn_weight(self) -> float:
         """The network's share in the mixture with the n-gram (1.0 without one)."""
         return float(self.config["ngram"]["rnn_weight"]) if self.ngram is not None else 1.0
 
@@ -69,14 +68,14 @@ class LanguageModel:
         """
         if self.ngram is None:
             return rnn_logprobs
-        return mix_logprobs(rnn_logprobs, self.ngram.logprobs(histories, targets), self.ngram_weight)
+        return mix_logprobs(rnn_logprobs, self.ngram.logprobs(histories, targets), self.rnn_weight)
 
     def mix_next(self, rnn_logprobs: torch.Tensor, history: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """Like :meth:`mix` for a whole next-token distribution: rnn_logprobs (V,), history (n-1,) -> (V,)."""
         if self.ngram is None:
             return rnn_logprobs
         ngram = self.ngram.next_logprobs(torch.as_tensor(history, dtype=torch.int64))
-        return mix_logprobs(rnn_logprobs, ngram, self.ngram_weight)
+        return mix_logprobs(rnn_logprobs, ngram, self.rnn_weight)
 
     def start_history(self) -> list[int]:
         """The n-gram history after ``<s>``: -1 for the positions before it (empty without an n-gram)."""
@@ -221,10 +220,3 @@ def load_ngram(model_dir: Path, config: dict, vocab_size: int) -> NgramModel | N
         raise ModelDirError(f"{path}: n-gram vocabulary {ngram.vocab_size} does not match the model's {vocab_size}")
     return ngram
 
-
-def copy_model_dir(src: Path, dst: Path) -> None:
-    """Copy the files of a model directory (used to publish the best checkpoint)."""
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in (TOKENIZER_FILE, WEIGHTS_FILE, NGRAM_FILE, CONFIG_FILE):
-        if (src / name).is_file():
-            shutil.copyfile(src / name, dst / name)

@@ -55,10 +55,13 @@ def lookup(keys: torch.Tensor, values: torch.Tensor, query: torch.Tensor) -> tup
 
 
 def history_windows(inputs: torch.Tensor, width: int) -> torch.Tensor:
-    """(L,) inputs ``<s> w1 .. w_{L-1}`` -> (L, width): the ``width`` tokens up to each position, -1 before ``<s>``."""
-    padded = torch.cat([torch.full((width - 1,), -1, dtype=torch.int64), inputs.to(torch.int64).cpu()])
-    return padded.unfold(0, width, 1)
+    """The ``width`` tokens up to each position, -1 before ``<s>``.
 
+    inputs (..., L), each row ``<s> w1 .. w_{L-1}`` then anything -> (..., L, width) int64 on the CPU.
+    """
+    inputs = inputs.to(torch.int64).cpu()
+    before = torch.full((*inputs.shape[:-1], width - 1), -1, dtype=torch.int64)
+    return torch.cat([before, inputs], dim=-1).unfold(-1, width, 1)
 
 class NgramModel:
     """Interpolated modified Kneser-Ney probabilities over token ids, as sorted key tables.

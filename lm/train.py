@@ -102,6 +102,7 @@ class Session:
     state: TrainState = field(default_factory=TrainState)
     ddp_model: torch.nn.Module | None = None
     ngram: NgramModel | None = None
+    valid_ngram_logprobs: torch.Tensor | None = None  # the n-gram's validation scores, computed once
     stop_requested: bool = False
     started_at: float = field(default_factory=time.monotonic)
 
@@ -148,17 +149,23 @@ def elapsed_s(session: Session) -> float:
     return session.state.elapsed_s + time.monotonic() - session.started_at
 
 
-def compute_loss(session: Session, batch: torch.Tensor, train: bool) -> tuple[torch.Tensor, int]:
-    """Summed NLL (nats) and token count of one batch of sentence indices."""
+def forward_batch(session: Session, batch: torch.Tensor, train: bool):
+    """Run one batch of sentence indices: (N, L) NLL (padding 0) and the batch's x, y, lengths on the CPU."""
     corpus = session.train_corpus if train else session.valid_corpus
     x, y, lengths = collate(corpus, batch, session.tokenizer, session.config.max_length)
     non_blocking = session.device.type == "cuda"
-    if non_blocking:
-        x, y = x.pin_memory(), y.pin_memory()
-    x, y = x.to(session.device, non_blocking=non_blocking), y.to(session.device, non_blocking=non_blocking)
+    inputs, targets = (x.pin_memory(), y.pin_memory()) if non_blocking else (x, y)
+    inputs = inputs.to(session.device, non_blocking=non_blocking)
+    targets = targets.to(session.device, non_blocking=non_blocking)
     model = session.ddp_model if train and session.ddp_model is not None else session.model
     with torch.autocast(session.device.type, dtype=torch.bfloat16, enabled=session.use_bf16):
-        nll = model(x, y, lengths)
+        nll = model(inputs, targets, lengths)
+    return nll, x, y, lengths
+
+
+def compute_loss(session: Session, batch: torch.Tensor, train: bool) -> tuple[torch.Tensor, int]:
+    """Summed NLL (nats) and token count of one batch of sentence indices."""
+    nll, _, _, lengths = forward_batch(session, batch, train)
     return nll.sum(), int(lengths.sum())
 
 
@@ -174,32 +181,37 @@ class Validation:
 def validate(session: Session) -> Validation:
     """Score the validation set (all ranks), fitting the n-gram mixture weight on it when there is one."""
     session.model.eval()
-    generator = torch.Generator().manual_seed(0)
-    lengths = session.valid_corpus.lengths
-    batches = make_batches(lengths, session.config.batch_tokens, generator, session.config.max_length)
     rnn, ngram = [], []
     with torch.inference_mode():
-        for batch in batches[session.world.rank :: session.world.size]:
-            x, y, lengths = collate(session.valid_corpus, batch, session.tokenizer, session.config.max_length)
-            with torch.autocast(session.device.type, dtype=torch.bfloat16, enabled=session.use_bf16):
-                nll = session.model(x.to(session.device), y.to(session.device), lengths).double().cpu()
-            for row, n in enumerate(lengths.tolist()):
-                rnn.append(-nll[row, :n])
-                if session.ngram is not None:
-                    histories = history_windows(x[row, :n], session.ngram.history_width)
-                    ngram.append(session.ngram.logprobs(histories, y[row, :n]))
+        for batch in validation_batches(session):
+            nll, x, y, lengths = forward_batch(session, batch, train=False)
+            real = torch.arange(x.shape[1])[None, :] < lengths[:, None]
+            rnn.append(-nll.double().cpu()[real])
+            if session.ngram is not None and session.valid_ngram_logprobs is None:
+                histories = history_windows(x, session.ngram.history_width)[real]
+                ngram.append(session.ngram.logprobs(histories, y[real]))
     session.model.train()
     rnn_logprobs = torch.cat(rnn) if rnn else torch.zeros(0, dtype=torch.float64)
     total, tokens = distributed.all_reduce_sum([-float(rnn_logprobs.sum()), float(rnn_logprobs.numel())], session.world)
     rnn_loss = total / max(tokens, 1.0)
     if session.ngram is None:
         return Validation(rnn_loss, rnn_loss)
-    ngram_logprobs = torch.cat(ngram) if ngram else torch.zeros(0, dtype=torch.float64)
+    if session.valid_ngram_logprobs is None:  # the same batches every time: the n-gram's part is counted once
+        session.valid_ngram_logprobs = torch.cat(ngram) if ngram else torch.zeros(0, dtype=torch.float64)
+    ngram_logprobs = session.valid_ngram_logprobs
     weight = fit_mixture_weight(
         rnn_logprobs, ngram_logprobs, reduce=lambda values: distributed.all_reduce_sum(values, session.world)
     )
     mixed = -float(mix_logprobs(rnn_logprobs, ngram_logprobs, weight).sum())
     return Validation(rnn_loss, distributed.all_reduce_sum([mixed], session.world)[0] / max(tokens, 1.0), weight)
+
+
+def validation_batches(session: Session) -> list[torch.Tensor]:
+    """This rank's validation batches: fixed, the same at every validation."""
+    generator = torch.Generator().manual_seed(0)
+    lengths = session.valid_corpus.lengths
+    batches = make_batches(lengths, session.config.batch_tokens, generator, session.config.max_length)
+    return batches[session.world.rank :: session.world.size]
 
 
 def epoch_batches(session: Session) -> list[torch.Tensor]:

@@ -211,7 +211,7 @@ def test_scores_mix_network_and_ngram_token_by_token(mixed_run):
     with torch.inference_mode():
         hidden, _ = lm.model.hidden_states(inputs[None])
         network = torch.log_softmax(lm.model.output_linear(hidden[0]), dim=-1)[torch.arange(len(targets)), targets]
-    w = lm.ngram_weight
+    w = lm.rnn_weight
     expected = 0.0
     for t, target in enumerate(targets.tolist()):
         history = inputs[max(0, t - 1) : t + 1].tolist()
