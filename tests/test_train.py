@@ -357,3 +357,19 @@ def test_exclude_drops_evaluation_sentences_and_counts_them(tmp_path):
     assert statistics["excluded_lines"] == 20
     kept = statistics["train"]["sentences"] + statistics["valid"]["sentences"]
     assert kept == (len(CORPUS) - 2) * 10
+
+
+@pytest.mark.parametrize(
+    "capabilities, expected",
+    [
+        ({"avx512_f": True, "avx512_bf16": False, "amx_bf16": False}, "fp32"),  # oneDNN emulates bf16 here: slower
+        ({"avx512_f": True, "avx512_bf16": True, "amx_bf16": False}, "bf16"),
+        ({"avx512_f": True, "avx512_bf16": True, "amx_bf16": True}, "bf16"),
+        ({"avx2": True}, "fp32"),
+    ],
+)
+def test_auto_precision_uses_bf16_only_with_native_bf16_instructions(monkeypatch, capabilities, expected):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities, raising=False)
+    assert lm.train.resolve_precision("auto", torch.device("cpu")) == expected
+    assert lm.train.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert lm.train.resolve_precision("bf16", torch.device("cpu")) == "bf16"
