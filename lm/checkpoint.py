@@ -30,6 +30,7 @@ TOKENIZER_FILE = "tokenizer.model"
 WEIGHTS_FILE = "model.pt"
 NGRAM_FILE = "ngram.pt"
 TIED_KEY = "output_linear.weight"
+BACKWARD_DIR = "backward"  # a right-to-left model trained beside the forward one (train --direction both)
 
 
 class ModelDirError(ValueError):
@@ -82,6 +83,12 @@ class LanguageModel:
         if self.ngram is None:
             return []
         return [-1] * (self.ngram.history_width - 1) + [self.tokenizer.bos_id]
+
+
+def backward_model_dir(model_dir: Path) -> Path | None:
+    """``MODEL_DIR/backward`` when it holds a model (written by training in both directions), else None."""
+    path = Path(model_dir) / BACKWARD_DIR
+    return path if (path / CONFIG_FILE).is_file() else None
 
 
 def atomic_write_bytes(path: Path, write) -> None:

@@ -59,6 +59,7 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
-def shutdown(world: World) -> None:
-    if world.distributed and dist.is_initialized():
+def shutdown() -> None:
+    """Leave the process group, once all of a command's training runs are done."""
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -21,14 +21,14 @@ import math
 import signal
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from lm import distributed
-from lm.checkpoint import FORMAT_VERSION, atomic_write_bytes, save_model_dir
+from lm.checkpoint import BACKWARD_DIR, FORMAT_VERSION, atomic_write_bytes, save_model_dir
 from lm.data import TokenizedCorpus, collate, make_batches
 from lm.model import ModelConfig, RnnLanguageModel
 from lm.ngram import NgramModel, fit_mixture_weight, history_windows, mix_logprobs
@@ -398,6 +398,7 @@ def build_session(
     config: TrainConfig,
     valid_paths: Sequence[Path] | None,
     exclude_paths: Sequence[Path],
+    tokenizer_source: Path | None = None,
 ) -> Session:
     """Set up device, process group, data, model and optimiser for a run."""
     device = resolve_device(config.device)
@@ -410,7 +411,9 @@ def build_session(
     elif world.distributed and device.type == "cpu":
         torch.set_num_threads(distributed.threads_per_process(world))
     torch.manual_seed(config.seed)
-    data = prepare_data(corpus_paths, out_dir / "train", tokenizer_config, config, valid_paths, exclude_paths, world)
+    data = prepare_data(
+        corpus_paths, out_dir / "train", tokenizer_config, config, valid_paths, exclude_paths, world, tokenizer_source
+    )
     ngram = build_ngram(data.train, data.tokenizer, config)
     model_config = ModelConfig(vocab_size=data.tokenizer.vocab_size, **model_settings)
     torch.manual_seed(config.seed)
@@ -445,25 +448,66 @@ def run(
     exclude_paths: Sequence[Path] = (),
     resume: bool = False,
     show_progress: bool = True,
+    both_directions: bool = False,
 ) -> TrainState:
-    """Train (or resume) and leave the best model in ``out_dir``. Returns the final state."""
-    config = config or TrainConfig()
-    out_dir = Path(out_dir)
+    """Train (or resume) and leave the best model in ``out_dir``. Returns the final state.
+
+    With ``both_directions``, a forward model in ``out_dir`` and a backward one in ``out_dir/backward``
+    (:func:`train_both_directions`); the state returned is the backward run's.
+    """
+    options = dict(
+        corpus_paths=corpus_paths, model_settings=model_settings or {},
+        tokenizer_config=tokenizer_config or TokenizerConfig(), config=config or TrainConfig(),
+        valid_paths=valid_paths, exclude_paths=exclude_paths, resume=resume, show_progress=show_progress,
+    )
+    try:
+        if both_directions:
+            return train_both_directions(Path(out_dir), **options)
+        return train_model(Path(out_dir), **options)
+    finally:
+        distributed.shutdown()
+
+
+def train_both_directions(out_dir: Path, config: TrainConfig, **options) -> TrainState:
+    """A forward model in ``out_dir``, then a backward one in ``out_dir/backward``, on one tokenizer.
+
+    Rescoring adds the backward model's score when it finds it (the two read a hypothesis from
+    opposite ends, so they make different mistakes). The time budget covers both: the forward run
+    gets half, the backward run what the forward run left. A resumed run skips a finished forward run.
+    """
+    budget = config.max_minutes
+    forward = train_model(out_dir, config=replace(config, reverse=False, max_minutes=budget / 2 if budget else None),
+                          **options)
+    remaining = max(budget - forward.elapsed_s / 60, budget / 2) if budget else None
+    log.info("forward model done (%d epochs); training the backward model into %s", forward.epoch, out_dir / BACKWARD_DIR)
+    return train_model(out_dir / BACKWARD_DIR, config=replace(config, reverse=True, max_minutes=remaining),
+                       tokenizer_source=out_dir / "train" / "tokenizer.model", **options)
+
+
+def train_model(
+    out_dir: Path,
+    corpus_paths: Sequence[Path],
+    model_settings: dict,
+    tokenizer_config: TokenizerConfig,
+    config: TrainConfig,
+    valid_paths: Sequence[Path] | None,
+    exclude_paths: Sequence[Path],
+    resume: bool,
+    show_progress: bool,
+    tokenizer_source: Path | None = None,
+) -> TrainState:
+    """Train (or resume) one model, in the direction ``config.reverse`` says, into ``out_dir``."""
     check_out_dir(out_dir, resume)
     session = build_session(
-        corpus_paths, out_dir, model_settings or {}, tokenizer_config or TokenizerConfig(), config,
-        valid_paths, exclude_paths,
+        corpus_paths, out_dir, model_settings, tokenizer_config, config, valid_paths, exclude_paths, tokenizer_source
     )
     remove_stale_temporaries(session.work_dir, session.world)
     if resume and load_checkpoint(session):
         log.info("resuming at epoch %d, batch %d", session.state.epoch + 1, session.state.batch_index)
     if session.world.distributed:
         session.ddp_model = DistributedDataParallel(session.model)
-    try:
-        with catch_sigint(session), TrainingProgress(enabled=show_progress and session.world.is_main) as progress:
-            train_loop(session, progress)
-    finally:
-        distributed.shutdown(session.world)
+    with catch_sigint(session), TrainingProgress(enabled=show_progress and session.world.is_main) as progress:
+        train_loop(session, progress)
     return session.state
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +37,14 @@ def prepare_data(
     valid_paths: Sequence[Path] | None,
     exclude_paths: Sequence[Path],
     world: distributed.World,
+    tokenizer_source: Path | None = None,
 ) -> TrainingData:
-    """Train the tokenizer and tokenise the corpora on rank 0 (skipped when already done), then load."""
+    """Train the tokenizer (or copy ``tokenizer_source``) and tokenise the corpora on rank 0, then load.
+
+    Work already done (a previous run's files in ``work_dir``) is reused.
+    """
     if world.is_main:
-        build_data(corpus_paths, work_dir, tokenizer_config, config, valid_paths, exclude_paths)
+        build_data(corpus_paths, work_dir, tokenizer_config, config, valid_paths, exclude_paths, tokenizer_source)
     distributed.barrier(world)
     tokenizer = Tokenizer(work_dir / "tokenizer.model")
     train, valid = load_tokenized(work_dir / "train"), load_tokenized(work_dir / "valid")
@@ -48,7 +53,10 @@ def prepare_data(
     return TrainingData(tokenizer=tokenizer, train=train, valid=valid, statistics=statistics)
 
 
-def build_data(corpus_paths, work_dir: Path, tokenizer_config: TokenizerConfig, config, valid_paths, exclude_paths) -> None:
+def build_data(
+    corpus_paths, work_dir: Path, tokenizer_config: TokenizerConfig, config, valid_paths, exclude_paths,
+    tokenizer_source: Path | None,
+) -> None:
     if (work_dir / "statistics.json").is_file():
         log.info("%s: tokenised corpus exists, reusing it", work_dir)
         return
@@ -68,8 +76,13 @@ def build_data(corpus_paths, work_dir: Path, tokenizer_config: TokenizerConfig, 
             if is_validation_line(index, config.valid_fraction, config.seed):
                 yield count(stats["valid"], line)
 
-    log.info("training the %s tokenizer (vocabulary %d)", tokenizer_config.model_type, tokenizer_config.vocab_size)
-    tokenizer = train_tokenizer(iter_corpus_lines(corpus_paths, exclude), work_dir / "tokenizer.model", tokenizer_config)
+    if tokenizer_source is not None:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tokenizer_source, work_dir / "tokenizer.model")
+        tokenizer = Tokenizer(work_dir / "tokenizer.model")
+    else:
+        log.info("training the %s tokenizer (vocabulary %d)", tokenizer_config.model_type, tokenizer_config.vocab_size)
+        tokenizer = train_tokenizer(iter_corpus_lines(corpus_paths, exclude), work_dir / "tokenizer.model", tokenizer_config)
     log.info("tokenising the corpus")
     train = tokenize_to_files(train_lines(), tokenizer, work_dir / "train", reverse=config.reverse)
     valid = tokenize_to_files(valid_lines(), tokenizer, work_dir / "valid", reverse=config.reverse)

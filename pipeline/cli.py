@@ -82,7 +82,8 @@ def train(
     device: DeviceOption = "auto",
     precision: Annotated[str, typer.Option(help="auto (bf16 autocast where the hardware has it), fp32 or bf16.")] = "auto",
     threads: Annotated[int, typer.Option(help="Intra-op threads (0: torch's default).")] = 0,
-    reverse: Annotated[bool, typer.Option(help="Train a right-to-left (backward) model.")] = False,
+    direction: Annotated[str, typer.Option(help="both: a forward model in OUTPUT and a backward (right-to-left) one in OUTPUT/backward, which rescoring adds; forward or backward: one model.")] = "both",
+    reverse: Annotated[bool, typer.Option(hidden=True, help="Same as --direction backward.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in OUTPUT.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
@@ -94,7 +95,8 @@ def train(
         epochs=epochs, max_minutes=max_minutes or None, batch_tokens=batch_tokens, lr=lr, warmup_steps=warmup_steps,
         clip=clip, seed=seed,
         device=device, precision=precision, threads=threads or None, valid_fraction=valid_fraction,
-        patience=patience, reverse=reverse, ngram_order=ngram_order, ngram_min_count=ngram_min_count,
+        patience=patience, reverse=direction == "backward" or reverse, ngram_order=ngram_order,
+        ngram_min_count=ngram_min_count,
     )
     model_settings = dict(
         embedding_dim=embedding_dim, hidden_dim=hidden_dim, num_layers=num_layers, cell=cell, dropout=dropout,
@@ -105,6 +107,8 @@ def train(
 
     if precision not in ("auto", "fp32", "bf16"):
         raise UsageError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
+    if direction not in ("both", "forward", "backward"):
+        raise UsageError(f"--direction must be both, forward or backward, got {direction!r}")
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
         raise UsageError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
     try:
@@ -116,10 +120,12 @@ def train(
             raise ValueError(f"--ngram-min-count must be at least 1, got {ngram_min_count}")
     except (TypeError, ValueError) as e:
         raise UsageError(str(e)) from e
-    state = run(corpus, output, model_settings, tokenizer_config, config, valid, exclude or (), resume, progress)
+    both = direction == "both" and not reverse
+    state = run(corpus, output, model_settings, tokenizer_config, config, valid, exclude or (), resume, progress, both)
     logging.getLogger(__name__).info(
-        "done: %d epochs, %d steps; best validation perplexity per token %.2f; model in %s",
+        "done: %d epochs, %d steps; best validation perplexity per token %.2f; model in %s%s",
         state.epoch, state.step, math.exp(min(state.best_valid_loss, 50)), output,
+        " (backward model in backward/)" if both else "",
     )
 
 
@@ -162,8 +168,8 @@ def rescore(
     lm_weight: Annotated[Optional[float], typer.Option(help="Scale of the LM log-probability (overrides --weights).")] = None,
     length_bonus: Annotated[Optional[float], typer.Option(help="Bonus per word/character (overrides --weights).")] = None,
     score_fields: ScoreFieldsOption = None,
-    backward_model: Annotated[Optional[Path], typer.Option(help="A right-to-left model (train --reverse) to add.")] = None,
-    backward_weight: Annotated[Optional[float], typer.Option(help="Scale of the backward LM log-probability.")] = None,
+    backward_model: Annotated[Optional[Path], typer.Option(help="A right-to-left model to add (default: MODEL_DIR/backward when there is one).")] = None,
+    backward_weight: Annotated[Optional[float], typer.Option(help="Scale of the backward LM log-probability (0 leaves it out).")] = None,
     unit: UnitOption = "auto",
     jobs: Annotated[int, typer.Option(help="Worker processes (each loads the model, one thread each).")] = 1,
     shard: Annotated[Optional[str], typer.Option(help="Process only shard K of N (K/N, 1-based): every N-th utterance. Recombine with 'asr-rescore merge'.")] = None,
@@ -192,8 +198,11 @@ def tune(
     dev_nbest: Annotated[Path, typer.Argument(help="Dev n-best file with references.", dir_okay=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Weights file to write (JSON).")],
     model: ModelOption = None,
-    score_fields: ScoreFieldsOption = None,
-    backward_model: Annotated[Optional[Path], typer.Option(help="A right-to-left model whose weight is tuned too.")] = None,
+    score_fields: Annotated[
+        Optional[str],
+        typer.Option(help="First-pass fields whose weights are tuned, comma-separated (default: score and every other *_score number the hypotheses carry, e.g. am_score, lm_score)."),
+    ] = None,
+    backward_model: Annotated[Optional[Path], typer.Option(help="A right-to-left model whose weight is tuned too (default: MODEL_DIR/backward when there is one).")] = None,
     unit: UnitOption = "auto",
     precision: Annotated[str, typer.Option(help="fp32 or bf16.")] = "fp32",
     threads: ThreadsOption = 1,

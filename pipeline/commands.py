@@ -16,7 +16,8 @@ from rich.table import Table
 from pipeline.batch import Shard, rescore_file
 from pipeline.errors import UsageError
 from pipeline.evaluate import ErrorTally, EvaluationReport, evaluate_utterances
-from pipeline.models import load_scorer
+from lm.checkpoint import backward_model_dir
+from pipeline.models import default_model_dir, load_scorer
 from pipeline.nbest import read_nbest
 from pipeline.rescore import Rescorer, Weights
 
@@ -39,6 +40,20 @@ def build_weights(weights_path, lm_weight, length_bonus, score_fields, backward_
     elif backward_model is not None and not weights_path:
         weights.backward_weight = weights.lm_weight
     return weights
+
+
+def find_backward_model(model: Path | None, backward_model: Path | None, weights: Weights) -> Path | None:
+    """``--backward-model``, else the backward model trained beside the forward one (``MODEL_DIR/backward``).
+
+    A found one is left out when its weight is 0 (``--backward-weight 0`` or a tuned 0): no time is spent on it.
+    """
+    if backward_model is not None:
+        return backward_model
+    found = backward_model_dir(model or default_model_dir())
+    if found is None and weights.backward_weight:
+        log.warning("the weights give backward_weight %g but %s has no backward model: that term is left out",
+                    weights.backward_weight, model or default_model_dir())
+    return found if weights.backward_weight else None
 
 
 def make_rescorer(model, backward_model, weights: Weights, unit, precision, batch_tokens, threads, device) -> Rescorer:
@@ -65,7 +80,9 @@ def run_rescore(nbest: Path, model, output, weights, lm_weight, length_bonus, sc
         raise UsageError(f"--jobs must be at least 1, got {jobs}")
     if output is not None and not output.parent.is_dir():
         raise FileNotFoundError(errno.ENOENT, "the output's directory does not exist", str(output.parent))
-    combined = build_weights(weights, lm_weight, length_bonus, score_fields, backward_weight, backward_model)
+    combined = build_weights(weights, lm_weight, length_bonus, score_fields, backward_weight,
+                             backward_model or backward_model_dir(model or default_model_dir()))
+    backward_model = find_backward_model(model, backward_model, combined)
     factory = functools.partial(make_rescorer, model, backward_model, combined, unit, precision, batch_tokens, threads, device)
     rescorer = factory()  # load here so a bad model fails before any work; workers load their own copy
     if jobs == 1:
@@ -115,14 +132,19 @@ def print_summary(report: EvaluationReport, skipped: int = 0) -> None:
 
 
 def run_tune(dev_nbest, output, model, score_fields, backward_model, unit, precision, threads, device) -> None:
-    from pipeline.tune import tune_weights
+    from pipeline.tune import first_pass_fields, tune_weights
 
     check_choice("precision", precision, ("fp32", "bf16"))
+    utterances = read_nbest(dev_nbest)
+    if score_fields is None:
+        score_fields = ",".join(first_pass_fields(utterances))
+    backward_model = backward_model or backward_model_dir(model or default_model_dir())
     weights = build_weights(None, None, None, score_fields, None, backward_model)
     rescorer = make_rescorer(model, backward_model, weights, unit, precision, 16384, threads, device)
-    utterances = read_nbest(dev_nbest)
     tuned, figures = tune_weights(rescorer, utterances, unit)
-    tuned.save(output, {"dev": {"file": str(dev_nbest), **figures}, "model": str(rescorer.scorer.lm.path)})
+    backward = rescorer.backward_scorer
+    tuned.save(output, {"dev": {"file": str(dev_nbest), **figures}, "model": str(rescorer.scorer.lm.path),
+                        "backward_model": str(backward.lm.path) if backward else None})
     label = figures["metric"]
     stderr.print(
         f"tuned on {figures['utterances']} utterances: first-pass {label} {100 * figures['first_pass']:.2f}%, "

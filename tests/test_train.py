@@ -18,7 +18,7 @@ import torch
 import lm.train
 from conftest import CORPUS, TINY_MODEL, tiny_train_config, write_lines
 from lm.checkpoint import load_model_dir, load_weights
-from lm.data import CorpusError
+from lm.data import CorpusError, load_tokenized
 from lm.perplexity import compute_perplexity
 from lm.scorer import SentenceScorer
 from lm.tokenizer import TokenizerConfig
@@ -373,3 +373,29 @@ def test_auto_precision_uses_bf16_only_with_native_bf16_instructions(monkeypatch
     assert lm.train.resolve_precision("auto", torch.device("cpu")) == expected
     assert lm.train.resolve_precision("fp32", torch.device("cpu")) == "fp32"
     assert lm.train.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+
+
+def test_both_directions_share_one_tokenizer_and_the_time_budget(tmp_path, small_corpus):
+    out = tmp_path / "lm"
+    train(out, small_corpus, small_config(max_minutes=10.0), both_directions=True)
+    forward, backward = load_model_dir(out), load_model_dir(out / "backward")
+    assert (forward.direction, backward.direction) == ("forward", "backward")
+    assert (out / "tokenizer.model").read_bytes() == (out / "backward" / "tokenizer.model").read_bytes()
+    # the backward run read every sentence right to left, on the same tokens
+    first_forward = load_tokenized(out / "train" / "train").sentence(0).tolist()
+    assert load_tokenized(out / "backward" / "train" / "train").sentence(0).tolist() == first_forward[::-1]
+    # the forward run had half of the 10 minutes, the backward run the rest
+    assert forward.config["training"]["max_minutes"] == 5.0
+    assert 5.0 <= backward.config["training"]["max_minutes"] <= 10.0
+    assert_loads_and_scores(out / "backward")
+
+
+def test_both_directions_on_resume_skip_a_finished_forward_run(tmp_path, small_corpus, reference_run):
+    out = tmp_path / "lm"
+    train(out, small_corpus)  # forward only, finished: the same run as reference_run
+    forward_weights = (out / "model.pt").read_bytes()
+    train(out, small_corpus, resume=True, both_directions=True)
+    assert (out / "model.pt").read_bytes() == forward_weights
+    assert len(read_metrics(out)) == len(read_metrics(reference_run))  # no further forward epoch
+    assert load_model_dir(out / "backward").direction == "backward"
+    assert_same_weights(load_weights(out / "model.pt"), load_weights(reference_run / "model.pt"))

@@ -14,7 +14,7 @@ from pipeline.errors import UsageError
 from pipeline.evaluate import evaluate_utterances
 from pipeline.metrics import error_counts
 from pipeline.rescore import Rescorer, Weights
-from pipeline.tune import DevSet, collect_dev_set, count_errors, tune_weights
+from pipeline.tune import DevSet, collect_dev_set, count_errors, first_pass_fields, tune_weights
 
 
 class TableScorer:
@@ -275,3 +275,50 @@ def test_forward_and_backward_weights_are_searched_jointly():
     vector, errors = search_weights(dev, ["lm_weight", "length_bonus", "backward_weight"])
     assert errors == 0
     assert vector[1] > 0 and vector[3] > 0, vector
+
+
+@pytest.mark.parametrize(
+    ("hypotheses", "expected"),
+    [
+        ([{"text": "a", "score": -1.0}], ["score"]),
+        ([{"text": "a", "am_score": -1.0, "score": -2.0, "lm_score": -3.0}], ["score", "am_score", "lm_score"]),
+        ([{"text": "a", "am_score": -1.0, "lm_score": -3.0}], ["am_score", "lm_score"]),
+        # our own output, a field some hypotheses lack, and non-numbers are not first-pass scores
+        ([{"text": "a", "score": -1.0, "total_score": -2.0, "ctc_score": -1.0, "word_score": "high"},
+          {"text": "b", "score": -1.0, "total_score": -2.0, "word_score": "low"}], ["score"]),
+        ([{"text": "a", "score": -1.0, "am_score": True}], ["score"]),
+        ([], ["score"]),
+        ([{"text": "a"}], ["score"]),
+    ],
+)
+def test_first_pass_fields(hypotheses, expected):
+    assert first_pass_fields([{"id": "u", "hypotheses": hypotheses}]) == expected
+
+
+def test_tune_command_weighs_every_first_pass_score_by_default(trained_model_dir, tmp_path):
+    # The recogniser's score prefers a scrambled sentence; its acoustic term alone knows better.
+    utterances = [
+        {"id": f"d{i}", "reference": s, "hypotheses": [
+            {"text": scrambled(s), "score": -1.0, "am_score": -9.0, "lm_score": 8.0},
+            {"text": s, "score": -2.0, "am_score": -1.0, "lm_score": -1.0}]}
+        for i, s in enumerate(ENGLISH[:5])
+    ]
+    dev = tmp_path / "dev.json"
+    dev.write_text(json.dumps({"utterances": utterances}))
+    weights_path = tmp_path / "w.json"
+    result = CliRunner().invoke(app, ["tune", str(dev), "-m", str(trained_model_dir), "-o", str(weights_path)])
+    assert result.exit_code == 0, result.output
+    assert '"score_fields": {"score": 1.0, "am_score": ' in result.stderr  # the summary line
+    weights = Weights.load(weights_path)
+    assert list(weights.score_fields) == ["score", "am_score", "lm_score"]
+
+    out = tmp_path / "out.json"
+    result = CliRunner().invoke(app, ["rescore", str(dev), "-m", str(trained_model_dir), "--weights", str(weights_path),
+                                      "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    for utterance in json.loads(out.read_text())["utterances"]:
+        assert utterance["best"] == utterance["reference"]
+        for hyp in utterance["hypotheses"]:
+            fields = sum(weight * hyp[name] for name, weight in weights.score_fields.items())
+            expected = fields + weights.lm_weight * hyp["lm_logprob"] + weights.length_bonus * len(hyp["text"].split())
+            assert hyp["total_score"] == pytest.approx(expected, abs=1e-9)
