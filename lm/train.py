@@ -479,7 +479,8 @@ def train_both_directions(out_dir: Path, config: TrainConfig, **options) -> Trai
     forward = train_model(out_dir, config=replace(config, reverse=False, max_minutes=budget / 2 if budget else None),
                           **options)
     remaining = max(budget - forward.elapsed_s / 60, budget / 2) if budget else None
-    log.info("forward model done (%d epochs); training the backward model into %s", forward.epoch, out_dir / BACKWARD_DIR)
+    log.info("forward model done (%d complete epochs, %.1f min); training the backward model into %s",
+             forward.epoch, forward.elapsed_s / 60, out_dir / BACKWARD_DIR)
     return train_model(out_dir / BACKWARD_DIR, config=replace(config, reverse=True, max_minutes=remaining),
                        tokenizer_source=out_dir / "train" / "tokenizer.model", **options)
 

@@ -64,7 +64,7 @@ def make_rescorer(model, backward_model, weights: Weights, unit, precision, batc
     if backward_model is not None:
         backward = load_scorer(backward_model, threads=threads, device=device, precision=precision, batch_tokens=batch_tokens)
         if backward.lm.direction != "backward":
-            log.warning("%s is a %s model; --backward-model expects one trained with --reverse", backward_model, backward.lm.direction)
+            log.warning("%s is a %s model; --backward-model expects one trained with --direction backward", backward_model, backward.lm.direction)
     return Rescorer(scorer, weights, backward_scorer=backward, unit=unit)
 
 

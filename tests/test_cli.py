@@ -298,7 +298,7 @@ def test_forward_model_as_backward_model_warns(trained_model_dir, tmp_path):
     source = write_json(tmp_path / "in.json")
     result = runner.invoke(app, ["rescore", str(source), "-m", str(trained_model_dir), "--backward-model", str(trained_model_dir)])
     assert result.exit_code == 0, result.output
-    assert "expects one trained with --reverse" in result.stderr
+    assert "expects one trained with --direction backward" in result.stderr
 
 
 @pytest.mark.parametrize(
