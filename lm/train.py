@@ -19,16 +19,17 @@ import json
 import logging
 import math
 import signal
+import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from lm import distributed
-from lm.checkpoint import BACKWARD_DIR, FORMAT_VERSION, atomic_write_bytes, save_model_dir
+from lm.checkpoint import FORMAT_VERSION, atomic_write_bytes, save_model_dir
 from lm.data import TokenizedCorpus, collate, make_batches
 from lm.model import ModelConfig, RnnLanguageModel
 from lm.ngram import NgramModel, fit_mixture_weight, history_windows, mix_logprobs
@@ -104,6 +105,7 @@ class Session:
     ngram: NgramModel | None = None
     valid_ngram_logprobs: torch.Tensor | None = None  # the n-gram's validation scores, computed once
     stop_requested: bool = False
+    stop_event: threading.Event | None = None  # set by another thread to stop as Ctrl-C would
     started_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -271,7 +273,9 @@ def out_of_time(session: Session) -> bool:
 
 
 def should_stop(session: Session) -> bool:
-    """Stop on Ctrl-C or the time budget, agreed by all ranks."""
+    """Stop on Ctrl-C (or ``stop_event``) or the time budget, agreed by all ranks."""
+    if session.stop_event is not None and session.stop_event.is_set():
+        session.stop_requested = True
     flag = float(session.stop_requested or out_of_time(session))
     return distributed.all_reduce_sum([flag], session.world)[0] > 0
 
@@ -453,7 +457,7 @@ def run(
     """Train (or resume) and leave the best model in ``out_dir``. Returns the final state.
 
     With ``both_directions``, a forward model in ``out_dir`` and a backward one in ``out_dir/backward``
-    (:func:`train_both_directions`); the state returned is the backward run's.
+    (:mod:`lm.bidirectional`); the state returned is the forward run's.
     """
     options = dict(
         corpus_paths=corpus_paths, model_settings=model_settings or {},
@@ -462,27 +466,12 @@ def run(
     )
     try:
         if both_directions:
+            from lm.bidirectional import train_both_directions  # it builds on this module
+
             return train_both_directions(Path(out_dir), **options)
         return train_model(Path(out_dir), **options)
     finally:
         distributed.shutdown()
-
-
-def train_both_directions(out_dir: Path, config: TrainConfig, **options) -> TrainState:
-    """A forward model in ``out_dir``, then a backward one in ``out_dir/backward``, on one tokenizer.
-
-    Rescoring adds the backward model's score when it finds it (the two read a hypothesis from
-    opposite ends, so they make different mistakes). The time budget covers both: the forward run
-    gets half, the backward run what the forward run left. A resumed run skips a finished forward run.
-    """
-    budget = config.max_minutes
-    forward = train_model(out_dir, config=replace(config, reverse=False, max_minutes=budget / 2 if budget else None),
-                          **options)
-    remaining = max(budget - forward.elapsed_s / 60, budget / 2) if budget else None
-    log.info("forward model done (%d complete epochs, %.1f min); training the backward model into %s",
-             forward.epoch, forward.elapsed_s / 60, out_dir / BACKWARD_DIR)
-    return train_model(out_dir / BACKWARD_DIR, config=replace(config, reverse=True, max_minutes=remaining),
-                       tokenizer_source=out_dir / "train" / "tokenizer.model", **options)
 
 
 def train_model(
@@ -496,12 +485,14 @@ def train_model(
     resume: bool,
     show_progress: bool,
     tokenizer_source: Path | None = None,
+    stop_event: threading.Event | None = None,
 ) -> TrainState:
     """Train (or resume) one model, in the direction ``config.reverse`` says, into ``out_dir``."""
     check_out_dir(out_dir, resume)
     session = build_session(
         corpus_paths, out_dir, model_settings, tokenizer_config, config, valid_paths, exclude_paths, tokenizer_source
     )
+    session.stop_event = stop_event
     remove_stale_temporaries(session.work_dir, session.world)
     if resume and load_checkpoint(session):
         log.info("resuming at epoch %d, batch %d", session.state.epoch + 1, session.state.batch_index)

@@ -82,7 +82,7 @@ def train(
     device: DeviceOption = "auto",
     precision: Annotated[str, typer.Option(help="auto (bf16 autocast where the hardware has it), fp32 or bf16.")] = "auto",
     threads: Annotated[int, typer.Option(help="Intra-op threads (0: torch's default).")] = 0,
-    direction: Annotated[str, typer.Option(help="forward: one left-to-right model; backward: one right-to-left model (for --backward-model); both: a forward model in OUTPUT and a backward one in OUTPUT/backward, which rescoring adds, sharing --max-minutes.")] = "forward",
+    direction: Annotated[str, typer.Option(help="forward: one left-to-right model; backward: one right-to-left model (for --backward-model); both: a forward model in OUTPUT and a backward one in OUTPUT/backward, which rescoring adds; with two or more cores (or a GPU) they train at once, each for --max-minutes, otherwise in turn, sharing it.")] = "forward",
     reverse: Annotated[bool, typer.Option(hidden=True, help="Same as --direction backward.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in OUTPUT.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,

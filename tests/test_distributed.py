@@ -17,6 +17,7 @@ TINY_OPTIONS = [
     "--vocab-size", "120", "--embedding-dim", "32", "--hidden-dim", "32", "--num-layers", "1", "--dropout", "0",
     "--epochs", "40", "--lr", "0.02", "--warmup-steps", "5", "--max-minutes", "0",
     "--precision", "fp32", "--threads", "1", "--valid-fraction", "0.1", "--patience", "100", "--no-progress",
+    "--direction", "forward",
 ]
 
 

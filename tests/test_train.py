@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -375,22 +376,65 @@ def test_auto_precision_uses_bf16_only_with_native_bf16_instructions(monkeypatch
     assert lm.train.resolve_precision("bf16", torch.device("cpu")) == "bf16"
 
 
-def test_both_directions_share_one_tokenizer_and_the_time_budget(tmp_path, small_corpus):
-    out = tmp_path / "lm"
-    train(out, small_corpus, small_config(max_minutes=10.0), both_directions=True)
+def assert_backward_pair(out: Path) -> tuple:
+    """Forward in ``out``, backward in ``out/backward``, on one tokenizer; returns their loaded models."""
     forward, backward = load_model_dir(out), load_model_dir(out / "backward")
     assert (forward.direction, backward.direction) == ("forward", "backward")
     assert (out / "tokenizer.model").read_bytes() == (out / "backward" / "tokenizer.model").read_bytes()
     # the backward run read every sentence right to left, on the same tokens
     first_forward = load_tokenized(out / "train" / "train").sentence(0).tolist()
     assert load_tokenized(out / "backward" / "train" / "train").sentence(0).tolist() == first_forward[::-1]
+    assert_loads_and_scores(out / "backward")
+    return forward, backward
+
+
+@pytest.fixture
+def cores(monkeypatch):
+    """Pretend this machine has N usable cores (which decides between concurrent and in-turn training)."""
+    import lm.bidirectional
+
+    return lambda n: monkeypatch.setattr(lm.bidirectional, "usable_cores", lambda: n)
+
+
+def test_both_directions_on_one_core_train_in_turn_sharing_the_time_budget(tmp_path, small_corpus, cores):
+    cores(1)
+    out = tmp_path / "lm"
+    train(out, small_corpus, small_config(max_minutes=10.0), both_directions=True)
+    forward, backward = assert_backward_pair(out)
     # the forward run had half of the 10 minutes, the backward run the rest
     assert forward.config["training"]["max_minutes"] == 5.0
     assert 5.0 <= backward.config["training"]["max_minutes"] <= 10.0
-    assert_loads_and_scores(out / "backward")
+    assert not (out / "backward" / "train" / "log.txt").exists()
 
 
-def test_both_directions_on_resume_skip_a_finished_forward_run(tmp_path, small_corpus, reference_run):
+def test_both_directions_on_two_cores_train_at_once_each_with_the_whole_budget(tmp_path, small_corpus, cores, caplog):
+    cores(2)
+    caplog.set_level(logging.INFO)  # the backward process logs at this process's level
+    out = tmp_path / "lm"
+    state = train(out, small_corpus, small_config(max_minutes=10.0, threads=None), both_directions=True)
+    forward, backward = assert_backward_pair(out)
+    for model in (forward, backward):
+        assert model.config["training"]["max_minutes"] == 10.0
+        assert model.config["training"]["threads"] == 1  # half of the two cores each
+    assert state.epoch == len([m for m in read_metrics(out) if m["complete_epoch"]])  # the forward run's state
+    # the backward process logged its epochs to its own file, not over the forward run's progress
+    log_text = (out / "backward" / "train" / "log.txt").read_text()
+    assert log_text.count("valid ppl/token") == len(read_metrics(out / "backward"))
+
+
+def test_a_failing_backward_process_fails_the_command_with_its_error(tmp_path, small_corpus, cores):
+    cores(2)
+    out = tmp_path / "lm"
+    (out / "backward" / "config.json").mkdir(parents=True)  # the backward run cannot save its model
+    with pytest.raises(OSError) as failure:
+        train(out, small_corpus, small_config(max_minutes=10.0), both_directions=True)
+    assert "config.json" in str(failure.value)
+    assert "Traceback" in (out / "backward" / "train" / "log.txt").read_text()  # the details, kept for the user
+
+
+@pytest.mark.parametrize("num_cores", [1, 2])
+def test_both_directions_on_resume_skip_a_finished_forward_run(tmp_path, small_corpus, reference_run, cores, num_cores):
+    cores(num_cores)
     out = tmp_path / "lm"
     train(out, small_corpus)  # forward only, finished: the same run as reference_run
     forward_weights = (out / "model.pt").read_bytes()
@@ -399,3 +443,35 @@ def test_both_directions_on_resume_skip_a_finished_forward_run(tmp_path, small_c
     assert len(read_metrics(out)) == len(read_metrics(reference_run))  # no further forward epoch
     assert load_model_dir(out / "backward").direction == "backward"
     assert_same_weights(load_weights(out / "model.pt"), load_weights(reference_run / "model.pt"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("lm.bidirectional").bidirectional.usable_cores() < 2, reason="needs two cores")
+def test_ctrl_c_stops_both_concurrent_runs_with_a_checkpoint_and_resume_finishes_both(tmp_path):
+    corpus, out, log_path = write_lines(tmp_path / "corpus.txt", CORPUS, repeat=20), tmp_path / "lm", tmp_path / "err"
+    command = [sys.executable, "-m", "pipeline", "train", str(corpus), "-o", str(out), "--direction", "both",
+               "--vocab-size", str(VOCAB_SIZE), "--embedding-dim", "32", "--hidden-dim", "32", "--num-layers", "1",
+               "--batch-tokens", "128", "--threads", "1", "--no-progress"]
+    with open(log_path, "w") as stderr:
+        process = subprocess.Popen(command + ["--epochs", "1000"], stderr=stderr, start_new_session=True)
+    backward_log = out / "backward" / "train" / "log.txt"
+    try:
+        deadline = time.monotonic() + 120
+        while not all(path.exists() and "epoch 1:" in path.read_text() for path in (log_path, backward_log)):
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    messages = log_path.read_text()
+    assert process.returncode == 130 and "interrupted" in messages and "Traceback" not in messages, messages
+    steps = [last_checkpoint(path)["state"]["step"] for path in (out, out / "backward")]
+    assert all(step > 0 for step in steps)
+    # --resume continues both from their checkpoints; a small time budget ends them at once
+    subprocess.run(command + ["--resume", "--epochs", "1000", "--max-minutes", "0.01"], check=True,
+                   stderr=subprocess.DEVNULL)
+    for path, step in zip((out, out / "backward"), steps):
+        assert last_checkpoint(path)["state"]["step"] >= step
+        assert (path / "model.pt").is_file()
