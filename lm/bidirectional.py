@@ -1,4 +1,5 @@
-"""Training a forward and a backward model on one tokenizer (``train --direction both``).
+"""Training a forward and a backward model on one tokenizer (``train --direction both``, and ``auto``
+where they can train at once).
 
 Rescoring adds the backward model's score when it finds one in ``MODEL_DIR/backward``: the two read a
 hypothesis from opposite ends, so they make different mistakes. Where two processes can train at once
@@ -49,6 +50,17 @@ def concurrent_threads(config: TrainConfig) -> int | None:
     if cores < 2 and resolve_device(config.device).type != "cuda":
         return None
     return config.threads or max(1, cores // 2)
+
+
+def choose_direction(config: TrainConfig) -> str:
+    """What ``--direction auto`` trains: both where the two can train at once, else forward only.
+
+    In turn, the two would share the time budget, and each then gets too few epochs to pay.
+    """
+    if concurrent_threads(config) is None:
+        log.info("--direction auto: one process at a time here, so a forward model only")
+        return "forward"
+    return "both"
 
 
 def train_both_directions(out_dir: Path, config: TrainConfig, **options) -> TrainState:

@@ -82,12 +82,13 @@ def train(
     device: DeviceOption = "auto",
     precision: Annotated[str, typer.Option(help="auto (bf16 autocast where the hardware has it), fp32 or bf16.")] = "auto",
     threads: Annotated[int, typer.Option(help="Intra-op threads (0: torch's default).")] = 0,
-    direction: Annotated[str, typer.Option(help="forward: one left-to-right model; backward: one right-to-left model (for --backward-model); both: a forward model in OUTPUT and a backward one in OUTPUT/backward, which rescoring adds; with two or more cores (or a GPU) they train at once, each for --max-minutes, otherwise in turn, sharing it.")] = "forward",
+    direction: Annotated[str, typer.Option(help="auto: both where the two can train at once (two or more cores, or a GPU), else forward; forward: one left-to-right model; backward: one right-to-left model (for --backward-model); both: a forward model in OUTPUT and a backward one in OUTPUT/backward, which rescoring adds, trained at once (each for --max-minutes) or, on one core, in turn (sharing it).")] = "auto",
     reverse: Annotated[bool, typer.Option(hidden=True, help="Same as --direction backward.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in OUTPUT.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
     """Train a SentencePiece tokenizer and an LSTM language model on CORPUS into a model directory."""
+    from lm.bidirectional import choose_direction
     from lm.tokenizer import TokenizerConfig
     from lm.train import TrainConfig, run
 
@@ -107,8 +108,8 @@ def train(
 
     if precision not in ("auto", "fp32", "bf16"):
         raise UsageError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
-    if direction not in ("both", "forward", "backward"):
-        raise UsageError(f"--direction must be both, forward or backward, got {direction!r}")
+    if direction not in ("auto", "both", "forward", "backward"):
+        raise UsageError(f"--direction must be auto, both, forward or backward, got {direction!r}")
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
         raise UsageError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
     try:
@@ -120,6 +121,8 @@ def train(
             raise ValueError(f"--ngram-min-count must be at least 1, got {ngram_min_count}")
     except (TypeError, ValueError) as e:
         raise UsageError(str(e)) from e
+    if direction == "auto" and not reverse:
+        direction = choose_direction(config)
     both = direction == "both" and not reverse
     state = run(corpus, output, model_settings, tokenizer_config, config, valid, exclude or (), resume, progress, both)
     logging.getLogger(__name__).info(

@@ -396,6 +396,16 @@ def cores(monkeypatch):
     return lambda n: monkeypatch.setattr(lm.bidirectional, "usable_cores", lambda: n)
 
 
+@pytest.mark.parametrize(("num_cores", "world_size", "expected"), [(1, "1", "forward"), (2, "1", "both"), (2, "2", "forward")])
+def test_direction_auto_trains_both_only_where_they_can_train_at_once(cores, monkeypatch, num_cores, world_size,
+                                                                      expected):
+    from lm.bidirectional import choose_direction
+
+    cores(num_cores)
+    monkeypatch.setenv("WORLD_SIZE", world_size)  # under torchrun the ranks already share the cores
+    assert choose_direction(small_config()) == expected
+
+
 def test_both_directions_on_one_core_train_in_turn_sharing_the_time_budget(tmp_path, small_corpus, cores):
     cores(1)
     out = tmp_path / "lm"
