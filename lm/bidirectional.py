@@ -11,10 +11,8 @@ the forward model in this process, the backward one in a spawned process that lo
 from __future__ import annotations
 
 import logging
-import math
 import multiprocessing
 import os
-import pickle
 import signal
 import sys
 import threading
@@ -23,7 +21,9 @@ from pathlib import Path
 
 from lm import distributed
 from lm.checkpoint import BACKWARD_DIR
-from lm.train import TrainConfig, TrainingError, TrainState, check_out_dir, resolve_device, train_model
+from lm.train import (
+    TrainConfig, TrainingError, TrainState, check_out_dir, perplexity_from_loss, resolve_device, train_model,
+)
 from lm.train_data import prepare_data
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def concurrent_threads(config: TrainConfig) -> int | None:
     Concurrent training needs a second core (or a GPU) and a single-process run (not torchrun).
     Each process gets ``--threads`` when given, else half of the cores.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if distributed.launched_world_size() > 1:
         return None
     cores = usable_cores()
     if cores < 2 and resolve_device(config.device).type != "cuda":
@@ -122,7 +122,7 @@ def train_concurrently(out_dir: Path, config: TrainConfig, **options) -> TrainSt
 
 def log_backward_done(state: TrainState) -> None:
     log.info("backward model done: %d complete epochs in %.1f min, best validation perplexity per token %.2f",
-             state.epoch, state.elapsed_s / 60, math.exp(min(state.best_valid_loss, 50)))
+             state.epoch, state.elapsed_s / 60, perplexity_from_loss(state.best_valid_loss))
 
 
 class BackwardProcess:
@@ -192,14 +192,9 @@ def train_in_child(sender, log_path: Path, log_level: int, train_options: dict) 
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # stopping already; a second Ctrl-C must not cut the reply
         if not isinstance(error, (KeyboardInterrupt, TrainingError)):
             log.exception("backward training failed")
-        sender.send(("error", error if picklable(error) else TrainingError(f"backward training: {error}")))
+        try:
+            sender.send(("error", error))
+        except Exception:  # an exception that cannot be pickled (pickling fails before anything is sent)
+            sender.send(("error", TrainingError(f"backward training: {error}")))
     finally:
         sender.close()
-
-
-def picklable(value: object) -> bool:
-    try:
-        pickle.dumps(value)
-    except Exception:
-        return False
-    return True

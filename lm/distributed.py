@@ -28,9 +28,14 @@ class World:
         return self.size > 1
 
 
+def launched_world_size() -> int:
+    """How many processes torchrun started for this run (1 when not under torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_world(device_type: str) -> World:
     """Join the process group when launched by torchrun; otherwise a world of one."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
+    size = launched_world_size()
     if size <= 1:
         return World()
     if not dist.is_initialized():

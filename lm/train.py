@@ -148,6 +148,11 @@ def cpu_has_native_bf16() -> bool:
     return bool(found.get("amx_bf16") or found.get("avx512_bf16"))
 
 
+def perplexity_from_loss(loss: float) -> float:
+    """exp(loss), capped so that a diverged or not-yet-validated run (inf) still prints a number."""
+    return math.exp(min(loss, 50))
+
+
 def lr_at(session: Session, total_steps: int) -> float:
     """Linear warm-up, then cosine decay over training progress (steps or minutes, whichever is ahead)."""
     config, state = session.config, session.state
@@ -322,7 +327,7 @@ def model_record(session: Session) -> dict:
         "direction": "backward" if session.config.reverse else "forward",
         "training": {**asdict(session.config), "steps": session.state.step, "epochs_done": session.state.epoch},
         "best_valid_loss": session.state.best_valid_loss,
-        "valid_ppl_token": math.exp(min(session.state.best_valid_loss, 50)),
+        "valid_ppl_token": perplexity_from_loss(session.state.best_valid_loss),
     }
     if session.ngram is not None:
         record["ngram"] = {
@@ -345,7 +350,7 @@ def write_metrics(session: Session, validation: Validation, improved: bool, epoc
         "elapsed_s": round(elapsed_s(session), 1),
         "lr": session.optimizer.param_groups[0]["lr"],
         "valid_loss": validation.loss,
-        "valid_ppl_token": math.exp(min(validation.loss, 50)),
+        "valid_ppl_token": perplexity_from_loss(validation.loss),
         "rnn_valid_loss": validation.rnn_loss,
         "rnn_weight": validation.rnn_weight,
         "best": improved,
@@ -356,7 +361,7 @@ def write_metrics(session: Session, validation: Validation, improved: bool, epoc
         f.write(json.dumps(row) + "\n")
     log.info(
         "epoch %s: valid ppl/token %.2f (network alone %.2f)%s", row["epoch"], row["valid_ppl_token"],
-        math.exp(min(validation.rnn_loss, 50)), " (best)" if improved else "",
+        perplexity_from_loss(validation.rnn_loss), " (best)" if improved else "",
     )
 
 

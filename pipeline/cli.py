@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 from pathlib import Path
@@ -90,7 +89,7 @@ def train(
     """Train a SentencePiece tokenizer and an LSTM language model on CORPUS into a model directory."""
     from lm.bidirectional import choose_direction
     from lm.tokenizer import TokenizerConfig
-    from lm.train import TrainConfig, run
+    from lm.train import TrainConfig, perplexity_from_loss, run
 
     config = TrainConfig(
         epochs=epochs, max_minutes=max_minutes or None, batch_tokens=batch_tokens, lr=lr, warmup_steps=warmup_steps,
@@ -127,7 +126,7 @@ def train(
     state = run(corpus, output, model_settings, tokenizer_config, config, valid, exclude or (), resume, progress, both)
     logging.getLogger(__name__).info(
         "done: %d epochs, %d steps; best validation perplexity per token %.2f; model in %s%s",
-        state.epoch, state.step, math.exp(min(state.best_valid_loss, 50)), output,
+        state.epoch, state.step, perplexity_from_loss(state.best_valid_loss), output,
         " (backward model in backward/)" if both else "",
     )
 
