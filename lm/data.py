@@ -68,6 +68,17 @@ class TokenizedCorpus:
     def sentence(self, index: int) -> torch.Tensor:
         return self.ids[self.offsets[index] : self.offsets[index + 1]]
 
+    def target_counts(self, vocab_size: int, eos_id: int, chunk: int = 1 << 24) -> torch.Tensor:
+        """How often each token id is a prediction target: once per occurrence, and ``</s>`` once per sentence.
+
+        Counted in chunks, so a memory-mapped corpus larger than memory is never copied whole.
+        """
+        counts = torch.zeros(vocab_size, dtype=torch.int64)
+        for start in range(0, self.num_tokens, chunk):
+            counts += torch.bincount(self.ids[start : start + chunk].long(), minlength=vocab_size)
+        counts[eos_id] += len(self)
+        return counts
+
 
 def tokenize_to_files(
     lines: Iterable[str], tokenizer: Tokenizer, prefix: Path, reverse: bool = False, chunk_lines: int = 10000

@@ -75,6 +75,17 @@ class RnnLanguageModel(nn.Module):
         nn.init.uniform_(self.input_embedding.weight, -0.05, 0.05)
         nn.init.zeros_(self.output_linear.bias)
 
+    def init_output_bias(self, target_counts: torch.Tensor) -> None:
+        """Start the output bias at the training corpus's log unigram distribution (add-0.1 smoothed).
+
+        With a zero bias and small tied weights the untrained model predicts a uniform distribution, and
+        on a large vocabulary the first epochs go to learning token frequencies through the recurrent
+        stack (on zh-rmrb, 8000 pieces, two epochs of a 50-minute budget); starting at the unigram skips that.
+        """
+        counts = target_counts.to(torch.float64) + 0.1
+        with torch.no_grad():
+            self.output_linear.bias.copy_((counts / counts.sum()).log())
+
     def hidden_states(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Run the recurrent stack.
 

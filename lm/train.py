@@ -426,7 +426,9 @@ def build_session(
     ngram = build_ngram(data.train, data.tokenizer, config)
     model_config = ModelConfig(vocab_size=data.tokenizer.vocab_size, **model_settings)
     torch.manual_seed(config.seed)
-    model = RnnLanguageModel(model_config).to(device)
+    model = RnnLanguageModel(model_config)
+    model.init_output_bias(data.train.target_counts(model_config.vocab_size, data.tokenizer.eos_id))
+    model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     record = {"seed": config.seed, "tokenizer": asdict(tokenizer_config), "corpus": data.statistics}
     return Session(

@@ -172,6 +172,21 @@ def test_gather_logprobs_reuses_one_row_per_state():
         assert torch.allclose(model.token_logprobs(hidden[rows], targets), expected, atol=1e-5)
 
 
+def test_output_bias_starts_an_untrained_model_at_the_unigram_distribution():
+    model = RnnLanguageModel(ModelConfig(vocab_size=17, embedding_dim=8, hidden_dim=8, dropout=0.0)).eval()
+    counts = torch.zeros(17, dtype=torch.int64)
+    counts[[3, 5, 9]] = torch.tensor([500, 300, 200])
+    model.init_output_bias(counts)
+    x, y, lengths = padded_batch(SENTENCES)
+    with torch.no_grad():
+        hidden, _ = model.hidden_states(x)
+        probs = torch.softmax(model.output_linear(hidden), dim=-1)  # every position, whatever the context
+    expected = (counts + 0.1) / (counts.sum() + 1.7)
+    assert torch.allclose(probs, expected.float().expand_as(probs), atol=0.02)
+    assert probs[..., 3].min() > 0.45 and probs[..., 1].max() < 0.01  # frequent high, unseen near zero but not zero
+    assert probs[..., 1].min() > 0
+
+
 def test_locked_dropout_uses_one_mask_for_all_time_steps():
     torch.manual_seed(0)
     x = torch.ones(4, 6, 32)

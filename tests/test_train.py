@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ import torch
 import lm.train
 from conftest import CORPUS, TINY_MODEL, tiny_train_config, write_lines
 from lm.checkpoint import load_model_dir, load_weights
-from lm.data import CorpusError, load_tokenized
+from lm.data import CorpusError, TokenizedCorpus, load_tokenized
 from lm.perplexity import compute_perplexity
 from lm.scorer import SentenceScorer
 from lm.tokenizer import TokenizerConfig
@@ -88,7 +89,9 @@ def test_validation_perplexity_falls(memorised_run):
     assert [row["epoch"] for row in rows] == list(range(1, 31))
     assert all(row["complete_epoch"] for row in rows)
     assert rows[-1]["valid_ppl_token"] < rows[0]["valid_ppl_token"] / 10
-    assert rows[-1]["best"] and rows[-1]["step"] == 30 * rows[0]["step"]
+    assert rows[-1]["step"] == 30 * rows[0]["step"]
+    losses = [row["valid_loss"] for row in rows]
+    assert [row["best"] for row in rows] == [loss < min(losses[:i], default=math.inf) for i, loss in enumerate(losses)]
 
 
 def test_memorisable_corpus_reaches_low_perplexity(memorised_run):
@@ -97,9 +100,10 @@ def test_memorisable_corpus_reaches_low_perplexity(memorised_run):
     assert report.ppl_token < 3.0
     config = json.loads((memorised_run / "config.json").read_text())
     assert config["direction"] == "forward" and config["seed"] == 1234
-    assert config["training"]["epochs_done"] == 30
+    best_row = min(read_metrics(memorised_run), key=lambda row: row["valid_loss"])
+    assert config["training"]["epochs_done"] == best_row["epoch"] > 20  # the saved model is the best epoch's
     assert config["valid_ppl_token"] == pytest.approx(math.exp(config["best_valid_loss"]))
-    assert config["best_valid_loss"] == pytest.approx(min(row["valid_loss"] for row in read_metrics(memorised_run)))
+    assert config["best_valid_loss"] == pytest.approx(best_row["valid_loss"])
 
 
 @pytest.mark.parametrize("cell", ["gru", "rnn"])
@@ -358,6 +362,35 @@ def test_exclude_drops_evaluation_sentences_and_counts_them(tmp_path):
     assert statistics["excluded_lines"] == 20
     kept = statistics["train"]["sentences"] + statistics["valid"]["sentences"]
     assert kept == (len(CORPUS) - 2) * 10
+
+
+def test_target_counts_count_every_token_and_one_end_of_sentence_per_sentence(tmp_path):
+    ids = torch.tensor([5, 6, 5, 7, 5, 5], dtype=torch.int32)
+    corpus = TokenizedCorpus(ids=ids, offsets=torch.tensor([0, 3, 3, 6]))  # the middle sentence is empty
+    expected = torch.zeros(10, dtype=torch.int64)
+    expected[[3, 5, 6, 7]] = torch.tensor([3, 4, 1, 1])
+    for chunk in (2, 4, 100):  # chunk boundaries inside and between sentences
+        assert torch.equal(corpus.target_counts(10, eos_id=3, chunk=chunk), expected)
+
+
+def test_a_new_model_starts_at_the_unigram_cross_entropy_not_the_uniform(tmp_path, small_corpus):
+    session = lm.train.build_session([small_corpus], tmp_path / "lm", TINY_MODEL, TokenizerConfig(vocab_size=VOCAB_SIZE),
+                                     small_config(), None, ())
+    sentences = [session.train_corpus.sentence(i).tolist() for i in range(len(session.train_corpus))]
+    eos = session.tokenizer.eos_id
+    counts = Counter(token for sentence in sentences for token in [*sentence, eos])
+    total = sum(counts.values()) + 0.1 * VOCAB_SIZE
+    unigram_entropy = -sum(n * math.log((n + 0.1) / total) for n in counts.values()) / sum(counts.values())
+    model = session.model.eval()
+    nll = 0.0
+    with torch.no_grad():
+        for sentence in sentences:
+            x = torch.tensor([[session.tokenizer.bos_id, *sentence]])
+            y = torch.tensor([[*sentence, eos]])
+            nll += float(model(x, y, torch.tensor([x.shape[1]])).sum())
+    nll /= sum(counts.values())
+    assert unigram_entropy < math.log(VOCAB_SIZE) - 0.3
+    assert nll == pytest.approx(unigram_entropy, abs=0.05)
 
 
 @pytest.mark.parametrize(
