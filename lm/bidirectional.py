@@ -21,9 +21,10 @@ from pathlib import Path
 
 from lm import distributed
 from lm.checkpoint import BACKWARD_DIR
-from lm.train import (
-    TrainConfig, TrainingError, TrainState, check_out_dir, perplexity_from_loss, resolve_device, train_model,
-)
+from lm.device import resolve_device
+from lm.metrics_log import perplexity_from_loss
+from lm.session import TrainConfig, TrainingError, TrainState
+from lm.train import train_model
 from lm.train_data import prepare_data
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,6 @@ def train_in_turn(out_dir: Path, config: TrainConfig, **options) -> TrainState:
 def train_concurrently(out_dir: Path, config: TrainConfig, **options) -> TrainState:
     """Forward here, backward in a spawned process, both with the whole budget; errors in either stop both."""
     backward_dir = out_dir / BACKWARD_DIR
-    check_out_dir(out_dir, options["resume"])
-    check_out_dir(backward_dir, options["resume"])
     forward_config = replace(config, reverse=False)
     # The tokenizer is trained here first: the backward process copies it.
     prepare_data(options["corpus_paths"], out_dir / "train", options["tokenizer_config"], forward_config,

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from lm import atomic
 from lm.model import ModelConfig, RnnLanguageModel
 from lm.ngram import NgramError, NgramModel, mix_logprobs
 from lm.tokenizer import Tokenizer, TokenizerError
@@ -91,27 +90,6 @@ def backward_model_dir(model_dir: Path) -> Path | None:
     return path if (path / CONFIG_FILE).is_file() else None
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(file_object)`` on a temporary file beside ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, data: dict) -> None:
-    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
-    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
-
-
 def save_model_dir(
     out_dir: Path,
     model: RnnLanguageModel,
@@ -128,13 +106,13 @@ def save_model_dir(
     out_dir.mkdir(parents=True, exist_ok=True)
     if tokenizer.path.resolve() != (out_dir / TOKENIZER_FILE).resolve():
         data = tokenizer.path.read_bytes()
-        atomic_write_bytes(out_dir / TOKENIZER_FILE, lambda f: f.write(data))
+        atomic.atomic_write_bytes(out_dir / TOKENIZER_FILE, lambda f: f.write(data))
     state = {k: v.detach().to("cpu", weights_dtype).clone() for k, v in model.state_dict().items()}
     if model.config.tie_weights:
         del state[TIED_KEY]  # the same tensor as the embedding; restored on load
-    atomic_write_bytes(out_dir / WEIGHTS_FILE, lambda f: torch.save(state, f))
+    atomic.atomic_write_bytes(out_dir / WEIGHTS_FILE, lambda f: torch.save(state, f))
     if ngram is not None:
-        atomic_write_bytes(out_dir / NGRAM_FILE, lambda f: torch.save(ngram.state_dict(), f))
+        atomic.atomic_write_bytes(out_dir / NGRAM_FILE, lambda f: torch.save(ngram.state_dict(), f))
     else:
         config = {key: value for key, value in config.items() if key != "ngram"}
         (out_dir / NGRAM_FILE).unlink(missing_ok=True)
@@ -144,7 +122,7 @@ def save_model_dir(
         "tokenizer_ids": tokenizer.describe(),
         **config,
     }
-    atomic_write_json(out_dir / CONFIG_FILE, full)
+    atomic.atomic_write_json(out_dir / CONFIG_FILE, full)
 
 
 def read_config(model_dir: Path) -> dict:
@@ -217,8 +195,9 @@ def load_ngram(model_dir: Path, config: dict, vocab_size: int) -> NgramModel | N
     if not settings:
         return None
     path = model_dir / NGRAM_FILE
-    if not isinstance(settings, dict) or not 0.0 < float(settings.get("rnn_weight", -1)) <= 1.0:
-        raise ModelDirError(f"{model_dir / CONFIG_FILE}: 'ngram' needs an rnn_weight in (0, 1], got {settings!r}")
+    weight = settings.get("rnn_weight") if isinstance(settings, dict) else None
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 < weight <= 1.0:
+        raise ModelDirError(f"{model_dir / CONFIG_FILE}: 'ngram' needs a number rnn_weight in (0, 1], got {weight!r}")
     try:
         ngram = NgramModel.from_state_dict(load_weights(path))
     except NgramError as e:

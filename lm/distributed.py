@@ -33,6 +33,11 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (0 when not under torchrun), known before the group is joined."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def init_world(device_type: str) -> World:
     """Join the process group when launched by torchrun; otherwise a world of one."""
     size = launched_world_size()

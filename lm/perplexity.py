@@ -50,3 +50,4 @@ def compute_perplexity(scorer: SentenceScorer, sentences: Sequence[str]) -> Perp
         characters=sum(len(t.replace(" ", "")) + 1 for t in sentences),
         words=sum(len(t.split()) + 1 for t in sentences),
     )
+

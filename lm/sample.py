@@ -8,6 +8,7 @@ global RNG is left untouched.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -39,11 +40,11 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         for name in ("num", "max_tokens"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"--temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 keeps every token), got {self.top_k}")
+            raise ValueError(f"--top-k must be >= 0 (0 keeps every token), got {self.top_k}")
 
 
 def sample_sentences(lm: LanguageModel, config: SamplingConfig) -> list[str]:

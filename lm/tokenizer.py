@@ -16,6 +16,8 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from lm import atomic
+
 log = logging.getLogger(__name__)
 
 MODEL_TYPES = ("unigram", "bpe", "char", "word")
@@ -108,10 +110,14 @@ def train_tokenizer(lines: Iterable[str], model_path: Path, config: TokenizerCon
         spm.SentencePieceTrainer.train(**kwargs)
     except RuntimeError as e:
         raise TokenizerError(f"sentencepiece training failed: {e}") from e
-    model_path.parent.mkdir(parents=True, exist_ok=True)
-    model_path.write_bytes(buffer.getvalue())
+    data = buffer.getvalue()
+    atomic.atomic_write_bytes(model_path, lambda f: f.write(data))
     config.character_coverage = coverage
-    return Tokenizer(model_path)
+    tokenizer = Tokenizer(model_path)
+    if tokenizer.vocab_size < config.vocab_size:
+        log.warning("the corpus supports %d pieces, fewer than the %d asked for (--vocab-size): using %d",
+                    tokenizer.vocab_size, config.vocab_size, tokenizer.vocab_size)
+    return tokenizer
 
 
 class Tokenizer:

@@ -1,237 +1,62 @@
-"""Training the LM on a text corpus, resumable at any moment and runnable under torchrun.
+"""Training one LM on a text corpus, resumable at any moment and runnable under torchrun.
 
 Layout of an output directory while training::
 
     MODEL_DIR/config.json, tokenizer.model, model.pt   the best model so far (a usable model directory)
     MODEL_DIR/ngram.pt                                 the interpolated n-gram (unless --ngram-order 0)
     MODEL_DIR/metrics.jsonl                            one JSON line per validation
-    MODEL_DIR/train/tokenizer.model                    the tokenizer, trained once
+    MODEL_DIR/train/run.json                           the options the run started with (checked on resume)
+    MODEL_DIR/train/tokenizer.model, statistics.json   the tokenizer and corpus statistics, made once
     MODEL_DIR/train/{train,valid}.{ids,offsets}        the tokenised corpus, memory-mapped
-    MODEL_DIR/train/last.pt                            the resumable state (weights, optimiser, position)
+    MODEL_DIR/train/last.pt                            the resumable state (removed when the run finishes)
 
-Every file is replaced atomically, so a run killed at any moment (SIGKILL included) resumes from the
-last checkpoint with ``resume=True``.
+Every file is replaced atomically (``metrics.jsonl`` is appended a line at a time), so a run killed at
+any moment (SIGKILL included) resumes from the last checkpoint with ``resume=True``.
+
+The parts: :mod:`lm.session` (settings and state), :mod:`lm.schedule` (learning rate),
+:mod:`lm.validation`, :mod:`lm.metrics_log`, :mod:`lm.resume` (checkpoints and directory checks),
+:mod:`lm.interrupt` (Ctrl-C); :mod:`lm.launch` starts one direction or both.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import signal
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from lm import distributed
-from lm.checkpoint import FORMAT_VERSION, atomic_write_bytes, save_model_dir
-from lm.data import TokenizedCorpus, collate, make_batches
+from lm.checkpoint import save_model_dir
+from lm.data import TokenizedCorpus, make_batches
+from lm.device import resolve_device
+from lm.interrupt import catch_sigint
+from lm.metrics_log import append_metrics, perplexity_from_loss
 from lm.model import ModelConfig, RnnLanguageModel
-from lm.ngram import NgramModel, fit_mixture_weight, history_windows, mix_logprobs
+from lm.ngram import NgramModel
 from lm.progress import TrainingProgress
+from lm.resume import (
+    close_finished_run, finished_state, load_checkpoint, record_run_options, remove_stale_temporaries, save_checkpoint,
+)
+from lm.schedule import lr_at, plan_warmup
+from lm.session import Session, TrainConfig, TrainingError, TrainState, elapsed_s, forward_batch
 from lm.tokenizer import Tokenizer, TokenizerConfig
 from lm.train_data import prepare_data
+from lm.validation import Validation, validate
+
+__all__ = ["TrainConfig", "TrainState", "TrainingError", "build_session", "train_model"]
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """Training cannot start or continue; the message says why and what is kept."""
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings; CLI options map onto these fields one to one."""
-
-    epochs: int = 30
-    max_minutes: float | None = 50.0
-    batch_tokens: int = 2048
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.02
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
-    clip: float = 1.0  # gradient-norm clipping threshold; 0 disables it
-    seed: int = 1234
-    device: str = "auto"
-    precision: str = "auto"  # auto | fp32 | bf16
-    threads: int | None = None
-    valid_fraction: float = 0.02
-    patience: int = 4
-    max_length: int = 256
-    reverse: bool = False
-    checkpoint_minutes: float = 5.0
-    max_bad_steps: int = 20
-    ngram_order: int = 4  # Kneser-Ney n-gram interpolated with the network; 0: none
-    ngram_min_count: int = 1  # drop n-grams (order 2+) seen fewer times, for a smaller model
-
-
-@dataclass
-class TrainState:
-    """Where training stands; saved in ``last.pt`` next to the weights and optimiser state."""
-
-    epoch: int = 0
-    batch_index: int = 0
-    step: int = 0
-    elapsed_s: float = 0.0
-    best_valid_loss: float = math.inf
-    rnn_weight: float = 1.0  # the network's share in the n-gram mixture of the best model
-    bad_epochs: int = 0
-    bad_steps: int = 0
-    clipped_steps: int = 0
-    finished: bool = False
-
-
-@dataclass
-class Session:
-    """Everything one training run passes between its parts."""
-
-    model: RnnLanguageModel
-    optimizer: torch.optim.Optimizer
-    tokenizer: Tokenizer
-    train_corpus: TokenizedCorpus
-    valid_corpus: TokenizedCorpus
-    config: TrainConfig
-    device: torch.device
-    world: distributed.World
-    out_dir: Path
-    record: dict
-    state: TrainState = field(default_factory=TrainState)
-    ddp_model: torch.nn.Module | None = None
-    ngram: NgramModel | None = None
-    valid_ngram_logprobs: torch.Tensor | None = None  # the n-gram's validation scores, computed once
-    stop_requested: bool = False
-    stop_event: threading.Event | None = None  # set by another thread to stop as Ctrl-C would
-    started_at: float = field(default_factory=time.monotonic)
-
-    @property
-    def work_dir(self) -> Path:
-        return self.out_dir / "train"
-
-    @property
-    def use_bf16(self) -> bool:
-        return resolve_precision(self.config.precision, self.device) == "bf16"
-
-
-def resolve_device(name: str) -> torch.device:
-    """The one place where ``auto`` becomes a device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError("--device cuda was asked for, but CUDA is not available")
-    return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    """bf16 autocast on CUDA and on CPUs with native bf16 matrix units, float32 elsewhere."""
-    if name != "auto":
-        return name
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
-
-
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with bf16 matrix instructions (AMX or AVX512-BF16).
-
-    oneDNN reports bf16 as "supported" on any AVX-512 CPU, where it is emulated: bf16 autocast there
-    measured 3.6x slower than float32 (LSTM 2x512 training, one thread, Xeon without AMX).
-    """
-    capabilities = getattr(torch.cpu, "get_capabilities", None)
-    if capabilities is None:
-        return False
-    found = capabilities()
-    return bool(found.get("amx_bf16") or found.get("avx512_bf16"))
-
-
-def perplexity_from_loss(loss: float) -> float:
-    """exp(loss), capped so that a diverged or not-yet-validated run (inf) still prints a number."""
-    return math.exp(min(loss, 50))
-
-
-def lr_at(session: Session, total_steps: int) -> float:
-    """Linear warm-up, then cosine decay over training progress (steps or minutes, whichever is ahead)."""
-    config, state = session.config, session.state
-    if state.step < config.warmup_steps:
-        return config.lr * (state.step + 1) / config.warmup_steps
-    progress = state.step / max(total_steps, 1)
-    if config.max_minutes:
-        progress = max(progress, elapsed_s(session) / (60 * config.max_minutes))
-    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
-
-
-def elapsed_s(session: Session) -> float:
-    return session.state.elapsed_s + time.monotonic() - session.started_at
-
-
-def forward_batch(session: Session, batch: torch.Tensor, train: bool):
-    """Run one batch of sentence indices: (N, L) NLL (padding 0) and the batch's x, y, lengths on the CPU."""
-    corpus = session.train_corpus if train else session.valid_corpus
-    x, y, lengths = collate(corpus, batch, session.tokenizer, session.config.max_length)
-    non_blocking = session.device.type == "cuda"
-    inputs, targets = (x.pin_memory(), y.pin_memory()) if non_blocking else (x, y)
-    inputs = inputs.to(session.device, non_blocking=non_blocking)
-    targets = targets.to(session.device, non_blocking=non_blocking)
-    model = session.ddp_model if train and session.ddp_model is not None else session.model
-    with torch.autocast(session.device.type, dtype=torch.bfloat16, enabled=session.use_bf16):
-        nll = model(inputs, targets, lengths)
-    return nll, x, y, lengths
-
 
 def compute_loss(session: Session, batch: torch.Tensor, train: bool) -> tuple[torch.Tensor, int]:
     """Summed NLL (nats) and token count of one batch of sentence indices."""
     nll, _, _, lengths = forward_batch(session, batch, train)
     return nll.sum(), int(lengths.sum())
-
-
-@dataclass
-class Validation:
-    """Mean NLL per token on the validation set: the network's, and the model's (mixed with the n-gram)."""
-
-    rnn_loss: float
-    loss: float
-    rnn_weight: float = 1.0
-
-
-def validate(session: Session) -> Validation:
-    """Score the validation set (all ranks), fitting the n-gram mixture weight on it when there is one."""
-    session.model.eval()
-    rnn, ngram = [], []
-    with torch.inference_mode():
-        for batch in validation_batches(session):
-            nll, x, y, lengths = forward_batch(session, batch, train=False)
-            real = torch.arange(x.shape[1])[None, :] < lengths[:, None]
-            rnn.append(-nll.double().cpu()[real])
-            if session.ngram is not None and session.valid_ngram_logprobs is None:
-                histories = history_windows(x, session.ngram.history_width)[real]
-                ngram.append(session.ngram.logprobs(histories, y[real]))
-    session.model.train()
-    rnn_logprobs = torch.cat(rnn) if rnn else torch.zeros(0, dtype=torch.float64)
-    total, tokens = distributed.all_reduce_sum([-float(rnn_logprobs.sum()), float(rnn_logprobs.numel())], session.world)
-    rnn_loss = total / max(tokens, 1.0)
-    if session.ngram is None:
-        return Validation(rnn_loss, rnn_loss)
-    if session.valid_ngram_logprobs is None:  # the same batches every time: the n-gram's part is counted once
-        session.valid_ngram_logprobs = torch.cat(ngram) if ngram else torch.zeros(0, dtype=torch.float64)
-    ngram_logprobs = session.valid_ngram_logprobs
-    weight = fit_mixture_weight(
-        rnn_logprobs, ngram_logprobs, reduce=lambda values: distributed.all_reduce_sum(values, session.world)
-    )
-    mixed = -float(mix_logprobs(rnn_logprobs, ngram_logprobs, weight).sum())
-    return Validation(rnn_loss, distributed.all_reduce_sum([mixed], session.world)[0] / max(tokens, 1.0), weight)
-
-
-def validation_batches(session: Session) -> list[torch.Tensor]:
-    """This rank's validation batches: fixed, the same at every validation."""
-    generator = torch.Generator().manual_seed(0)
-    lengths = session.valid_corpus.lengths
-    batches = make_batches(lengths, session.config.batch_tokens, generator, session.config.max_length)
-    return batches[session.world.rank :: session.world.size]
 
 
 def epoch_batches(session: Session) -> list[torch.Tensor]:
@@ -285,7 +110,7 @@ def should_stop(session: Session) -> bool:
     return distributed.all_reduce_sum([flag], session.world)[0] > 0
 
 
-def train_one_epoch(session: Session, progress: TrainingProgress, total_steps: int) -> bool:
+def train_one_epoch(session: Session, progress: TrainingProgress) -> bool:
     """Train from the saved position to the end of the epoch. Returns False if stopped early."""
     batches = epoch_batches(session)
     state = session.state
@@ -293,7 +118,7 @@ def train_one_epoch(session: Session, progress: TrainingProgress, total_steps: i
     progress.start_epoch(state.epoch, len(batches), state.batch_index)
     while state.batch_index < len(batches):
         loss, tokens = compute_loss(session, batches[state.batch_index], train=True)
-        value = optimizer_step(session, loss, tokens, lr_at(session, total_steps))
+        value = optimizer_step(session, loss, tokens, lr_at(session))
         state.batch_index += 1
         progress.update(value, tokens * session.world.size, elapsed_s(session), session.config.max_minutes)
         if should_stop(session):
@@ -325,7 +150,8 @@ def model_record(session: Session) -> dict:
     record = {
         **session.record,
         "direction": "backward" if session.config.reverse else "forward",
-        "training": {**asdict(session.config), "steps": session.state.step, "epochs_done": session.state.epoch},
+        "training": {**asdict(session.config), "steps": session.state.step, "epochs_done": session.state.epoch,
+                     "warmup_steps_used": session.state.warmup_steps},
         "best_valid_loss": session.state.best_valid_loss,
         "valid_ppl_token": perplexity_from_loss(session.state.best_valid_loss),
     }
@@ -357,46 +183,11 @@ def write_metrics(session: Session, validation: Validation, improved: bool, epoc
         "clipped_fraction": state.clipped_steps / max(state.step, 1),
         "skipped_steps": state.bad_steps,
     }
-    with open(session.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
+    append_metrics(session.out_dir, row)
     log.info(
         "epoch %s: valid ppl/token %.2f (network alone %.2f)%s", row["epoch"], row["valid_ppl_token"],
         perplexity_from_loss(validation.rnn_loss), " (best)" if improved else "",
     )
-
-
-def save_checkpoint(session: Session) -> None:
-    """Write ``last.pt`` atomically (rank 0 only); a kill during the write leaves the old one intact."""
-    if not session.world.is_main:
-        return
-    state = session.state
-    state.elapsed_s = elapsed_s(session)
-    session.started_at = time.monotonic()
-    payload = {
-        "format_version": FORMAT_VERSION,
-        "model": session.model.state_dict(),
-        "optimizer": session.optimizer.state_dict(),
-        "state": asdict(state),
-        "rng": torch.get_rng_state(),
-        "config": json.dumps(asdict(session.config)),
-    }
-    atomic_write_bytes(session.work_dir / "last.pt", lambda f: torch.save(payload, f))
-
-
-def load_checkpoint(session: Session) -> bool:
-    """Restore ``last.pt`` if it exists (weights-only unpickling). Returns True if one was loaded."""
-    path = session.work_dir / "last.pt"
-    if not path.is_file():
-        return False
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        session.model.load_state_dict(payload["model"])
-        session.optimizer.load_state_dict(payload["optimizer"])
-    except Exception as e:
-        raise TrainingError(f"{path}: cannot resume from this checkpoint ({str(e).splitlines()[0][:200]})") from e
-    session.state = TrainState(**payload["state"])
-    torch.set_rng_state(payload["rng"])
-    return True
 
 
 def build_session(
@@ -408,6 +199,7 @@ def build_session(
     valid_paths: Sequence[Path] | None,
     exclude_paths: Sequence[Path],
     tokenizer_source: Path | None = None,
+    provenance: dict | None = None,
 ) -> Session:
     """Set up device, process group, data, model and optimiser for a run."""
     device = resolve_device(config.device)
@@ -430,7 +222,7 @@ def build_session(
     model.init_output_bias(data.train.target_counts(model_config.vocab_size, data.tokenizer.eos_id))
     model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    record = {"seed": config.seed, "tokenizer": asdict(tokenizer_config), "corpus": data.statistics}
+    record = {**(provenance or {}), "seed": config.seed, "tokenizer": asdict(tokenizer_config), "corpus": data.statistics}
     return Session(
         model=model, optimizer=optimizer, tokenizer=data.tokenizer, train_corpus=data.train, valid_corpus=data.valid,
         config=config, device=device, world=world, out_dir=out_dir, record=record, ngram=ngram,
@@ -449,36 +241,16 @@ def build_ngram(corpus: TokenizedCorpus, tokenizer: Tokenizer, config: TrainConf
     return ngram
 
 
-def run(
-    corpus_paths: Sequence[Path],
-    out_dir: Path,
-    model_settings: dict | None = None,
-    tokenizer_config: TokenizerConfig | None = None,
-    config: TrainConfig | None = None,
-    valid_paths: Sequence[Path] | None = None,
-    exclude_paths: Sequence[Path] = (),
-    resume: bool = False,
-    show_progress: bool = True,
-    both_directions: bool = False,
-) -> TrainState:
-    """Train (or resume) and leave the best model in ``out_dir``. Returns the final state.
-
-    With ``both_directions``, a forward model in ``out_dir`` and a backward one in ``out_dir/backward``
-    (:mod:`lm.bidirectional`); the state returned is the forward run's.
-    """
-    options = dict(
-        corpus_paths=corpus_paths, model_settings=model_settings or {},
-        tokenizer_config=tokenizer_config or TokenizerConfig(), config=config or TrainConfig(),
-        valid_paths=valid_paths, exclude_paths=exclude_paths, resume=resume, show_progress=show_progress,
-    )
-    try:
-        if both_directions:
-            from lm.bidirectional import train_both_directions  # it builds on this module
-
-            return train_both_directions(Path(out_dir), **options)
-        return train_model(Path(out_dir), **options)
-    finally:
-        distributed.shutdown()
+def run_options(corpus_paths, model_settings, tokenizer_config, config, valid_paths, exclude_paths,
+                tokenizer_source) -> dict:
+    """What decides the trained model, as ``train/run.json`` records it (compared on resume)."""
+    absolute = lambda paths: [str(Path(p).resolve()) for p in paths or ()]  # noqa: E731
+    return {
+        "corpus": absolute(corpus_paths), "valid": absolute(valid_paths), "exclude": absolute(exclude_paths),
+        "tokenizer": {k: v for k, v in asdict(tokenizer_config).items() if k != "character_coverage"},
+        "tokenizer_source": str(Path(tokenizer_source).resolve()) if tokenizer_source else None,
+        "model": dict(model_settings), **asdict(config),
+    }
 
 
 def train_model(
@@ -493,11 +265,22 @@ def train_model(
     show_progress: bool,
     tokenizer_source: Path | None = None,
     stop_event: threading.Event | None = None,
+    provenance: dict | None = None,
 ) -> TrainState:
-    """Train (or resume) one model, in the direction ``config.reverse`` says, into ``out_dir``."""
-    check_out_dir(out_dir, resume)
+    """Train (or resume) one model, in the direction ``config.reverse`` says, into ``out_dir``.
+
+    The caller has checked ``out_dir`` (:func:`lm.resume.check_out_dir`).
+    """
+    work_dir = out_dir / "train"
+    if resume and (done := finished_state(work_dir)) is not None:
+        log.info("%s: the run has finished already (%d epochs); nothing to resume", out_dir, done.epoch)
+        return done
+    options = run_options(corpus_paths, model_settings, tokenizer_config, config, valid_paths, exclude_paths,
+                          tokenizer_source)
+    record_run_options(work_dir, options, resume)
     session = build_session(
-        corpus_paths, out_dir, model_settings, tokenizer_config, config, valid_paths, exclude_paths, tokenizer_source
+        corpus_paths, out_dir, model_settings, tokenizer_config, config, valid_paths, exclude_paths, tokenizer_source,
+        provenance,
     )
     session.stop_event = stop_event
     remove_stale_temporaries(session.work_dir, session.world)
@@ -507,15 +290,25 @@ def train_model(
         session.ddp_model = DistributedDataParallel(session.model)
     with catch_sigint(session), TrainingProgress(enabled=show_progress and session.world.is_main) as progress:
         train_loop(session, progress)
+    finish_run(session)
     return session.state
+
+
+def plan_steps(session: Session) -> None:
+    """Fix the schedule's planned steps and warm-up at the start of a run (a resume keeps them)."""
+    state, config = session.state, session.config
+    if state.total_steps:
+        return
+    state.total_steps = config.epochs * len(epoch_batches(session))
+    state.warmup_steps = plan_warmup(config.warmup_steps, state.total_steps)
 
 
 def train_loop(session: Session, progress: TrainingProgress) -> None:
     state, config = session.state, session.config
-    total_steps = config.epochs * len(epoch_batches(session))
+    plan_steps(session)
     session.model.train()
     while not state.finished and state.epoch < config.epochs:
-        epoch_done = train_one_epoch(session, progress, total_steps)
+        epoch_done = train_one_epoch(session, progress)
         end_of_epoch(session, epoch_done)
         stop = not epoch_done or state.bad_epochs >= config.patience
         state.finished = (stop and not session.stop_requested) or state.epoch >= config.epochs
@@ -526,38 +319,8 @@ def train_loop(session: Session, progress: TrainingProgress) -> None:
         raise KeyboardInterrupt
 
 
-def remove_stale_temporaries(work_dir: Path, world: distributed.World) -> None:
-    """Delete temporary files left by a run killed in the middle of a write."""
-    if world.is_main:
-        for stale in list(work_dir.glob(".*.tmp")) + list(work_dir.parent.glob(".*.tmp")):
-            stale.unlink(missing_ok=True)
 
-
-def check_out_dir(out_dir: Path, resume: bool) -> None:
-    """Refuse to overwrite an earlier run unless resuming it."""
-    if resume:
-        return
-    if (out_dir / "train" / "last.pt").exists() or (out_dir / "model.pt").exists():
-        raise TrainingError(f"{out_dir}: holds an earlier training run; pass --resume to continue it or choose a new directory")
-
-
-class catch_sigint:
-    """Turn Ctrl-C into a request to stop after the current step, save, and exit."""
-
-    def __init__(self, session: Session):
-        self.session = session
-
-    def __enter__(self):
-        try:
-            self.previous = signal.signal(signal.SIGINT, self.handle)
-        except ValueError:  # not the main thread
-            self.previous = None
-        return self
-
-    def handle(self, signum, frame) -> None:
-        self.session.stop_requested = True
-        log.warning("interrupted: saving a checkpoint, then stopping (run again with --resume to continue)")
-
-    def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+def finish_run(session: Session) -> None:
+    """After the last epoch: record the final state and drop the resumable checkpoint."""
+    if session.state.finished:
+        close_finished_run(session)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lm import distributed
+from lm import atomic, distributed
 from lm.data import CorpusError, TokenizedCorpus, is_validation_line, iter_corpus_lines, load_tokenized, tokenize_to_files
 from lm.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer
 
@@ -77,8 +76,8 @@ def build_data(
                 yield count(stats["valid"], line)
 
     if tokenizer_source is not None:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(tokenizer_source, work_dir / "tokenizer.model")
+        data = Path(tokenizer_source).read_bytes()
+        atomic.atomic_write_bytes(work_dir / "tokenizer.model", lambda f: f.write(data))
         tokenizer = Tokenizer(work_dir / "tokenizer.model")
     else:
         log.info("training the %s tokenizer (vocabulary %d)", tokenizer_config.model_type, tokenizer_config.vocab_size)
@@ -96,7 +95,7 @@ def build_data(
     stats["train"]["tokens"], stats["valid"]["tokens"] = train.num_tokens, valid.num_tokens
     stats["character_coverage"] = tokenizer_config.character_coverage
     stats["files"] = [str(p) for p in corpus_paths]
-    (work_dir / "statistics.json").write_text(json.dumps(stats, indent=2))
+    atomic.atomic_write_json(work_dir / "statistics.json", stats)  # last: it marks the data as complete
 
 
 def count(stats: dict, line: str) -> str:

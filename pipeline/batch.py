@@ -6,6 +6,7 @@ at most ``2 * jobs`` chunks are in flight. Output order is input order.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 from collections.abc import Iterable, Iterator
@@ -14,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import UsageError
-from pipeline.nbest import NbestWriter, ReadReport, detect_layout, iter_utterances
+from pipeline.nbest import (
+    NbestFormatError, NbestWriter, ReadReport, count_lines, detect_layout, iter_positioned, iter_utterances, output_layout,
+)
 from pipeline.rescore import Rescorer
 
 log = logging.getLogger(__name__)
@@ -22,7 +25,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Shard:
-    """Shard ``index`` (1-based) of ``count``: utterances index-1, index-1+count, ... of the file."""
+    """Shard ``index`` (1-based) of ``count``: entries index-1, index-1+count, ... of the file."""
 
     index: int = 1
     count: int = 1
@@ -39,8 +42,17 @@ class Shard:
             raise UsageError(f"--shard K/N needs 1 <= K <= N, got {text!r}")
         return cls(index, count)
 
-    def select(self, utterances: Iterable[dict]) -> Iterator[dict]:
-        return itertools.islice(utterances, self.index - 1, None, self.count)
+    def holds(self, position: int) -> bool:
+        """Whether the entry at this 0-based position of the input belongs to this shard."""
+        return position % self.count == self.index - 1
+
+    def select(self, positioned: Iterable[tuple[int, dict]]) -> Iterator[dict]:
+        """The utterances of this shard, chosen by their position in the input (skipped entries count)."""
+        return (utt for position, utt in positioned if self.holds(position))
+
+    def size(self, entries: int) -> int:
+        """How many of ``entries`` input entries fall in this shard."""
+        return len(range(self.index - 1, entries, self.count))
 
 
 def chunked(items: Iterable[dict], size: int) -> Iterator[list[dict]]:
@@ -86,7 +98,7 @@ def rescore_stream(
 def finish(future: Future, progress) -> list[dict]:
     chunk = future.result()
     if progress:
-        progress(len(chunk))
+        progress.advance(len(chunk))
     return chunk
 
 
@@ -100,16 +112,31 @@ def rescore_file(
     chunk_utterances: int = 400,
     progress=None,
     on_utterance=None,
+    check=None,
 ) -> ReadReport:
-    """Read, rescore and write one file; the output appears only when everything succeeded."""
+    """Read, rescore and write one file; the output appears only when everything succeeded.
+
+    The output's layout follows its name (:func:`output_layout`). ``check(utterance, where)`` runs on
+    every utterance as it is read, in this process. ``progress`` has ``total(n)`` and ``advance(n)``.
+    A shard's output ends with a record of what it is (:func:`shard_record`), which ``merge`` checks.
+    """
     report = ReadReport()
     layout = detect_layout(input_path)
-    utterances = shard.select(iter_utterances(input_path, skip_bad=skip_bad, report=report))
+    positioned = iter_positioned(input_path, skip_bad=skip_bad, report=report)
+    utterances = shard.select(positioned)
+    if check is not None:
+        utterances = checked(utterances, check, str(input_path))
     if layout == "json":
         # A JSON file is in memory anyway: validate all of it before the first byte of output
         # (JSON Lines streams, so on stdout an error there can only stop the stream).
         utterances = list(utterances)
-    with NbestWriter(output_path, layout) as writer:
+        total = len(utterances)
+    else:
+        total = shard.size(count_lines(input_path))
+    if progress:
+        progress.total(total)
+    trailer = (lambda: shard_record(input_path, shard, report, writer.count)) if shard.count > 1 else None
+    with NbestWriter(output_path, output_layout(output_path, layout), trailer=trailer) as writer:
         for utterance in rescore_stream(utterances, rescorer_factory, jobs, chunk_utterances, progress):
             writer.write(utterance)
             if on_utterance:
@@ -117,15 +144,98 @@ def rescore_file(
     return report
 
 
+def checked(utterances: Iterable[dict], check, where: str) -> Iterator[dict]:
+    for utterance in utterances:
+        check(utterance, where)
+        yield utterance
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shard_record(input_path: Path, shard: Shard, report: ReadReport, written: int) -> dict:
+    """What a shard's output says about itself, so that ``merge`` can refuse a wrong set of shards."""
+    return {"shard": {
+        "index": shard.index,
+        "count": shard.count,
+        "input": str(Path(input_path).resolve()),
+        "input_sha256": file_sha256(input_path),
+        "input_entries": report.entries,
+        "utterances": written,
+        "skipped_positions": [p for p in report.skipped_positions if shard.holds(p)],
+    }}
+
+
 def merge_shards(shard_paths: list[Path], output_path: Path | None) -> int:
-    """Interleave the outputs of ``--shard 1/N .. N/N`` back into input order. Returns utterances written."""
-    layout = detect_layout(shard_paths[0])
-    streams = [iter_utterances(p) for p in shard_paths]
+    """Recombine the outputs of ``--shard 1/N .. N/N`` in input order. Returns utterances written.
+
+    The shards may be given in any order; a missing, repeated or foreign shard is refused by name.
+    """
+    records = [read_shard_record(path) for path in shard_paths]
+    ordered = check_shard_set(shard_paths, records)
+    first_path, first = ordered[0]
+    count, entries = first["count"], first["input_entries"]
+    skipped = {index: set(record["skipped_positions"]) for index, (_, record) in enumerate(ordered)}
+    streams = [iter_utterances(path) for path, _ in ordered]
     written = 0
-    with NbestWriter(output_path, layout) as writer:
-        for group in itertools.zip_longest(*streams):
-            for utterance in group:
-                if utterance is not None:
-                    writer.write(utterance)
-                    written += 1
+    with NbestWriter(output_path, output_layout(output_path, detect_layout(first_path))) as writer:
+        for position in range(entries):
+            index = position % count
+            if position in skipped[index]:
+                continue
+            utterance = next(streams[index], None)
+            if utterance is None:
+                raise NbestFormatError(f"{ordered[index][0]}: has fewer utterances than its shard record says")
+            writer.write(utterance)
+            written += 1
+        for (path, _), stream in zip(ordered, streams):
+            if next(stream, None) is not None:
+                raise NbestFormatError(f"{path}: has more utterances than its shard record says")
     return written
+
+
+def read_shard_record(path: Path) -> dict:
+    """The shard record at the end of a ``rescore --shard K/N`` output (reading the whole file)."""
+    report = ReadReport()
+    for _ in iter_positioned(path, report=report):
+        pass
+    record = report.shard
+    if not isinstance(record, dict) or not SHARD_FIELDS <= set(record):
+        raise NbestFormatError(f"{path}: not the output of 'rescore --shard K/N' (no shard record at its end)")
+    if report.entries != record["utterances"]:
+        raise NbestFormatError(f"{path}: holds {report.entries} utterances, its shard record says {record['utterances']}")
+    return record
+
+
+SHARD_FIELDS = frozenset({"index", "count", "input", "input_sha256", "input_entries", "utterances", "skipped_positions"})
+
+
+def check_shard_set(paths: list[Path], records: list[dict]) -> list[tuple[Path, dict]]:
+    """The shards ordered by K, after checking they are exactly 1/N .. N/N of one input."""
+    first_path, first = paths[0], records[0]
+    by_index: dict[int, Path] = {}
+    for path, record in zip(paths, records):
+        if (record["input_sha256"], record["count"]) != (first["input_sha256"], first["count"]):
+            raise NbestFormatError(
+                f"{path}: shard {record['index']}/{record['count']} of {record['input']}, but {first_path} is "
+                f"shard {first['index']}/{first['count']} of {first['input']} (another input or shard count)"
+            )
+        if record["index"] in by_index:
+            raise NbestFormatError(f"{path}: shard {record['index']}/{record['count']} is given twice (also {by_index[record['index']]})")
+        by_index[record["index"]] = path
+    count = first["count"]
+    missing = [f"{k}/{count}" for k in range(1, count + 1) if k not in by_index]
+    if missing:
+        given = ", ".join(f"{k}/{count}" for k in sorted(by_index))
+        raise NbestFormatError(f"shards of {first['input']}: missing {', '.join(missing)} (given: {given})")
+    ordered = sorted(zip(paths, records), key=lambda pair: pair[1]["index"])
+    for path, record in ordered:
+        expected = Shard(record["index"], record["count"]).size(record["input_entries"]) - len(record["skipped_positions"])
+        if record["utterances"] != expected:
+            raise NbestFormatError(f"{path}: holds {record['utterances']} utterances, shard {record['index']}/{record['count']} of its input has {expected}")
+    return ordered

@@ -34,10 +34,32 @@ ThreadsOption = Annotated[int, typer.Option(help="Intra-op threads per process (
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 
 
+def print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"asr-rescore {package_version()}")
+        raise typer.Exit()
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("asr-rescore")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+VersionOption = Annotated[
+    bool, typer.Option("--version", callback=print_version, is_eager=True, help="Print the version and exit."),
+]
+DebugOption = Annotated[bool, typer.Option(help="Show tracebacks for errors (also ASR_RESCORE_DEBUG=1).")]
+
+
 @app.callback()
 def configure(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more detail on stderr.")] = False,
-    debug: Annotated[bool, typer.Option(help="Show tracebacks for errors (also ASR_RESCORE_DEBUG=1).")] = False,
+    debug: DebugOption = False,
+    version: VersionOption = False,
 ) -> None:
     """Set up logging once for every command."""
     if debug:
@@ -53,11 +75,11 @@ def setup_logging(verbose: bool = False) -> None:
 @app.command()
 @reports_errors
 def train(
-    corpus: Annotated[list[Path], typer.Argument(help="Training text, one sentence per line (UTF-8).", exists=True, dir_okay=False)],
+    corpus: Annotated[list[Path], typer.Argument(help="Training text, one sentence per line (UTF-8).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Model directory to write.")],
-    valid: Annotated[Optional[list[Path]], typer.Option(help="Validation text; default: a held-out fraction of CORPUS.", exists=True, dir_okay=False)] = None,
+    valid: Annotated[Optional[list[Path]], typer.Option(help="Validation text; default: a held-out fraction of CORPUS.")] = None,
     valid_fraction: Annotated[float, typer.Option(help="Fraction of CORPUS held out when --valid is not given.")] = 0.02,
-    exclude: Annotated[Optional[list[Path]], typer.Option(help="Drop these sentences (e.g. evaluation references) from CORPUS.", exists=True, dir_okay=False)] = None,
+    exclude: Annotated[Optional[list[Path]], typer.Option(help="Drop these sentences (e.g. evaluation references) from CORPUS.")] = None,
     vocab_size: Annotated[int, typer.Option(help="SentencePiece vocabulary size.")] = 8000,
     model_type: Annotated[str, typer.Option(help="SentencePiece model: unigram, bpe, char or word.")] = "unigram",
     cell: Annotated[str, typer.Option(help="Recurrent cell: lstm, gru or rnn.")] = "lstm",
@@ -83,52 +105,15 @@ def train(
     threads: Annotated[int, typer.Option(help="Intra-op threads (0: torch's default).")] = 0,
     direction: Annotated[str, typer.Option(help="auto: both where the two can train at once (two or more cores, or a GPU), else forward; forward: one left-to-right model; backward: one right-to-left model (for --backward-model); both: a forward model in OUTPUT and a backward one in OUTPUT/backward, which rescoring adds, trained at once (each for --max-minutes) or, on one core, in turn (sharing it).")] = "auto",
     reverse: Annotated[bool, typer.Option(hidden=True, help="Same as --direction backward.")] = False,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in OUTPUT.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in OUTPUT (with the same options).")] = False,
+    keep_checkpoint: Annotated[bool, typer.Option(help="Keep the resumable checkpoint (train/last.pt) after a finished run.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
     """Train a SentencePiece tokenizer and an LSTM language model on CORPUS into a model directory."""
-    from lm.bidirectional import choose_direction
-    from lm.tokenizer import TokenizerConfig
-    from lm.train import TrainConfig, perplexity_from_loss, run
+    options = dict(locals())
+    from pipeline.train_command import run_train
 
-    config = TrainConfig(
-        epochs=epochs, max_minutes=max_minutes or None, batch_tokens=batch_tokens, lr=lr, warmup_steps=warmup_steps,
-        clip=clip, seed=seed,
-        device=device, precision=precision, threads=threads or None, valid_fraction=valid_fraction,
-        patience=patience, reverse=direction == "backward" or reverse, ngram_order=ngram_order,
-        ngram_min_count=ngram_min_count,
-    )
-    model_settings = dict(
-        embedding_dim=embedding_dim, hidden_dim=hidden_dim, num_layers=num_layers, cell=cell, dropout=dropout,
-        tie_weights=tie_weights, embedding_dropout=embedding_dropout, weight_dropout=weight_dropout,
-    )
-    from lm.model import ModelConfig
-    from lm.ngram import check_order
-
-    if precision not in ("auto", "fp32", "bf16"):
-        raise UsageError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
-    if direction not in ("auto", "both", "forward", "backward"):
-        raise UsageError(f"--direction must be auto, both, forward or backward, got {direction!r}")
-    if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise UsageError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
-    try:
-        tokenizer_config = TokenizerConfig(vocab_size=vocab_size, model_type=model_type)
-        ModelConfig(vocab_size=vocab_size, **model_settings)  # check the options before any work
-        if ngram_order:
-            check_order(ngram_order, vocab_size)
-        if ngram_min_count < 1:
-            raise ValueError(f"--ngram-min-count must be at least 1, got {ngram_min_count}")
-    except (TypeError, ValueError) as e:
-        raise UsageError(str(e)) from e
-    if direction == "auto" and not reverse:
-        direction = choose_direction(config)
-    both = direction == "both" and not reverse
-    state = run(corpus, output, model_settings, tokenizer_config, config, valid, exclude or (), resume, progress, both)
-    logging.getLogger(__name__).info(
-        "done: %d epochs, %d steps; best validation perplexity per token %.2f; model in %s%s",
-        state.epoch, state.step, perplexity_from_loss(state.best_valid_loss), output,
-        " (backward model in backward/)" if both else "",
-    )
+    run_train(**options)
 
 
 @app.command()
@@ -146,6 +131,8 @@ def perplexity(
     from pipeline.models import load_scorer
 
     model_dir, text = split_model_argument(paths, model, "TEXT")
+    if threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {threads}")
     scorer = load_scorer(model_dir, threads=threads, device=device)
     report = compute_perplexity(scorer, list(iter_corpus_lines([text])))
     if as_json:
@@ -163,10 +150,10 @@ UnitOption = Annotated[str, typer.Option(help="Length and error unit: auto (char
 
 
 def rescore(
-    nbest: Annotated[Path, typer.Argument(help="N-best file: canonical JSON, JSON Lines, bare list or mlm dict.", dir_okay=False)],
+    nbest: Annotated[Path, typer.Argument(help="N-best file: canonical JSON, JSON Lines, bare list or mlm dict.")],
     model: ModelOption = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file (default: stdout). Written atomically.")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="Weights file written by 'asr-rescore tune'.", dir_okay=False)] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Weights file written by 'asr-rescore tune'.")] = None,
     lm_weight: Annotated[Optional[float], typer.Option(help="Scale of the LM log-probability (overrides --weights).")] = None,
     length_bonus: Annotated[Optional[float], typer.Option(help="Bonus per word/character (overrides --weights).")] = None,
     score_fields: ScoreFieldsOption = None,
@@ -181,6 +168,9 @@ def rescore(
     threads: ThreadsOption = 1,
     device: DeviceOption = "cpu",
     progress: Annotated[bool, typer.Option(help="Show progress on stderr.")] = True,
+    allow_other_model: Annotated[bool, typer.Option(help="Apply --weights tuned for another model (or with a backward model this run lacks) anyway.")] = False,
+    overwrite_input: Annotated[bool, typer.Option(help="Allow -o to name the input file, replacing it with the result.")] = False,
+    debug: DebugOption = False,
 ) -> None:
     """Rescore NBEST with the LM, rerank, and write the result (stdout unless -o).
 
@@ -189,6 +179,8 @@ def rescore(
     asr-rescore train | tune | evaluate | perplexity | sample (see asr-rescore --help).
     """
     options = dict(locals())
+    if options.pop("debug"):
+        os.environ["ASR_RESCORE_DEBUG"] = "1"
     from pipeline.commands import run_rescore
 
     run_rescore(**options)
@@ -197,7 +189,7 @@ def rescore(
 @app.command()
 @reports_errors
 def tune(
-    dev_nbest: Annotated[Path, typer.Argument(help="Dev n-best file with references.", dir_okay=False)],
+    dev_nbest: Annotated[Path, typer.Argument(help="Dev n-best file with references.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Weights file to write (JSON).")],
     model: ModelOption = None,
     score_fields: Annotated[
@@ -209,6 +201,7 @@ def tune(
     precision: Annotated[str, typer.Option(help="fp32 or bf16.")] = "fp32",
     threads: ThreadsOption = 1,
     device: DeviceOption = "cpu",
+    progress: Annotated[bool, typer.Option(help="Show progress on stderr.")] = True,
 ) -> None:
     """Search lm_weight, length_bonus (and field and backward weights) minimising WER/CER on a dev set.
 
@@ -223,7 +216,7 @@ def tune(
 @app.command()
 @reports_errors
 def evaluate(
-    nbest: Annotated[Path, typer.Argument(help="N-best file with references (rescored or not).", dir_okay=False)],
+    nbest: Annotated[Path, typer.Argument(help="N-best file with references (rescored or not).")],
     unit: UnitOption = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
 ) -> None:
@@ -251,8 +244,12 @@ def sample(
 
     if paths and len(paths) > 1:
         raise UsageError(f"expected at most one MODEL_DIR, got {len(paths)}")
+    try:
+        config = SamplingConfig(num=num, temperature=temperature, top_k=top_k, max_tokens=max_tokens, seed=seed,
+                                prefix=prefix)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
     lm = load_model(paths[0] if paths else model)
-    config = SamplingConfig(num=num, temperature=temperature, top_k=top_k, max_tokens=max_tokens, seed=seed, prefix=prefix)
     for sentence in sample_sentences(lm, config):
         typer.echo(sentence)
 
@@ -260,7 +257,7 @@ def sample(
 @app.command()
 @reports_errors
 def merge(
-    shards: Annotated[list[Path], typer.Argument(help="Outputs of rescore --shard 1/N .. N/N, in shard order.", exists=True, dir_okay=False)],
+    shards: Annotated[list[Path], typer.Argument(help="Outputs of rescore --shard 1/N .. N/N, in shard order.")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Merged file (default: stdout).")] = None,
 ) -> None:
     """Interleave the outputs of 'rescore --shard K/N' back into the input order."""

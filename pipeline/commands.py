@@ -2,61 +2,98 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import errno
 import functools
 import json
 import logging
+import shutil
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from pipeline.batch import Shard, rescore_file
 from pipeline.errors import UsageError
 from pipeline.evaluate import ErrorTally, EvaluationReport, evaluate_utterances
 from lm.checkpoint import backward_model_dir
-from pipeline.models import default_model_dir, load_scorer
-from pipeline.nbest import read_nbest
-from pipeline.rescore import Rescorer, Weights
+from pipeline.models import check_device, default_model_dir, load_scorer
+from pipeline.nbest import NbestFormatError, read_nbest
+from pipeline.progress import progress_bar, stderr
+from pipeline.rescore import Rescorer
+from pipeline.weights import (
+    Weights, check_finite_options, check_tuned_for, model_record, read_weights_file, weights_for_model,
+)
 
 log = logging.getLogger(__name__)
-stderr = Console(stderr=True)
 
 
-def build_weights(weights_path, lm_weight, length_bonus, score_fields, backward_weight, backward_model) -> Weights:
-    """Weights from a tune file, then individual options on top."""
-    weights = Weights.load(weights_path) if weights_path else Weights()
+@dataclass
+class WeightChoice:
+    """The weights a run uses and where they came from (for messages and the model check)."""
+
+    weights: Weights
+    source: str  # "--weights W.json", "MODEL_DIR/weights.json" or "the untuned default"
+    path: Path | None = None
+    record: dict | None = None
+
+
+def choose_weights(weights_path: Path | None, model_dir: Path) -> WeightChoice:
+    """``--weights``, else the model directory's own ``weights.json``, else the length-neutral default."""
+    if weights_path is not None:
+        weights, record = read_weights_file(weights_path)
+        return WeightChoice(weights, str(weights_path), weights_path, record)
+    weights, path, record = weights_for_model(model_dir)
+    if path is not None:
+        return WeightChoice(weights, str(path), path, record)
+    return WeightChoice(weights, "the untuned default")
+
+
+def apply_options(weights: Weights, lm_weight, length_bonus, score_fields, backward_weight) -> Weights:
+    """Single options on top of the chosen weights; an explicit --length-bonus replaces the length-neutral part."""
+    check_finite_options(lm_weight=lm_weight, length_bonus=length_bonus, backward_weight=backward_weight)
     if score_fields is not None:
         names = [n.strip() for n in score_fields.split(",") if n.strip()]
+        if not names:
+            raise UsageError(f"--score-fields names no field, got {score_fields!r}")
         weights.score_fields = {n: weights.score_fields.get(n, 1.0) for n in names}
     if lm_weight is not None:
         weights.lm_weight = lm_weight
     if length_bonus is not None:
-        weights.length_bonus = length_bonus
+        weights.length_bonus, weights.length_neutral = length_bonus, False
     if backward_weight is not None:
         weights.backward_weight = backward_weight
-    elif backward_model is not None and not weights_path:
-        weights.backward_weight = weights.lm_weight
     return weights
 
 
-def find_backward_model(model: Path | None, backward_model: Path | None, weights: Weights) -> Path | None:
-    """``--backward-model``, else the backward model trained beside the forward one (``MODEL_DIR/backward``).
+def resolve_weights(weights_path, model, backward_model, lm_weight, length_bonus, score_fields, backward_weight,
+                    allow_other_model: bool) -> tuple[WeightChoice, Path | None]:
+    """The weights and the backward model of a rescoring run, checked against each other."""
+    model_dir = model or default_model_dir()
+    choice = choose_weights(weights_path, model_dir)
+    found = backward_model or backward_model_dir(model_dir)
+    if choice.path is None and found is not None and backward_weight is None:
+        choice.weights.backward_weight = lm_weight if lm_weight is not None else choice.weights.lm_weight
+    weights = apply_options(choice.weights, lm_weight, length_bonus, score_fields, backward_weight)
+    used_backward = found if weights.backward_weight else None
+    if choice.path is not None and not allow_other_model:
+        check_tuned_for(choice.path, choice.record or {}, weights, model_dir, used_backward)
+    if weights.backward_weight and found is None:
+        if backward_weight is not None:
+            raise UsageError(f"--backward-weight {backward_weight:g}, but {model_dir} has no backward model: "
+                             "give one with --backward-model DIR")
+        log.warning("backward_weight %g of %s left out: %s has no backward model",
+                    weights.backward_weight, choice.source, model_dir)  # --allow-other-model said so
+        weights.backward_weight = 0.0
+    return choice, used_backward
 
-    A found one is left out when its weight is 0 (``--backward-weight 0`` or a tuned 0): no time is spent on it.
-    """
-    if backward_model is not None:
-        return backward_model
-    found = backward_model_dir(model or default_model_dir())
-    if found is None and weights.backward_weight:
-        log.warning("the weights give backward_weight %g but %s has no backward model: that term is left out",
-                    weights.backward_weight, model or default_model_dir())
-    return found if weights.backward_weight else None
 
-
-def make_rescorer(model, backward_model, weights: Weights, unit, precision, batch_tokens, threads, device) -> Rescorer:
+def make_rescorer(model, backward_model, weights: Weights, unit, precision, batch_tokens, threads, device,
+                  fields_source: str = "the weights") -> Rescorer:
     """Load the model(s) and build the rescorer; module-level so worker processes can call it."""
     check_choice("unit", unit, ("auto", "word", "char"))
     scorer = load_scorer(model, threads=threads, device=device, precision=precision, batch_tokens=batch_tokens)
@@ -65,7 +102,7 @@ def make_rescorer(model, backward_model, weights: Weights, unit, precision, batc
         backward = load_scorer(backward_model, threads=threads, device=device, precision=precision, batch_tokens=batch_tokens)
         if backward.lm.direction != "backward":
             log.warning("%s is a %s model; --backward-model expects one trained with --direction backward", backward_model, backward.lm.direction)
-    return Rescorer(scorer, weights, backward_scorer=backward, unit=unit)
+    return Rescorer(scorer, weights, backward_scorer=backward, unit=unit, fields_source=fields_source)
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -73,23 +110,40 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise UsageError(f"--{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
+@contextlib.contextmanager
+def input_file(path: Path):
+    """The path to read: ``-`` is standard input, copied to a temporary file (layouts need a second look)."""
+    if str(path) != "-":
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="asr-rescore-stdin-") as folder:
+        spooled = Path(folder) / "stdin"
+        with open(spooled, "wb") as f:
+            shutil.copyfileobj(sys.stdin.buffer, f)
+        yield spooled
+
+
 def run_rescore(nbest: Path, model, output, weights, lm_weight, length_bonus, score_fields, backward_model,
-                backward_weight, unit, jobs, shard, skip_bad, precision, batch_tokens, threads, device, progress) -> None:
+                backward_weight, unit, jobs, shard, skip_bad, precision, batch_tokens, threads, device, progress,
+                allow_other_model=False, overwrite_input=False) -> None:
     check_choice("precision", precision, ("fp32", "bf16"))  # the unit is checked by make_rescorer
-    if jobs < 1:
-        raise UsageError(f"--jobs must be at least 1, got {jobs}")
-    if output is not None and not output.parent.is_dir():
-        raise FileNotFoundError(errno.ENOENT, "the output's directory does not exist", str(output.parent))
-    combined = build_weights(weights, lm_weight, length_bonus, score_fields, backward_weight,
-                             backward_model or backward_model_dir(model or default_model_dir()))
-    backward_model = find_backward_model(model, backward_model, combined)
-    factory = functools.partial(make_rescorer, model, backward_model, combined, unit, precision, batch_tokens, threads, device)
+    check_positive(jobs=jobs, batch_tokens=batch_tokens, threads=threads)
+    device = check_device(device)
+    shard_spec = Shard.parse(shard)
+    output = check_output(output, nbest, overwrite_input)
+    choice, backward_model = resolve_weights(weights, model, backward_model, lm_weight, length_bonus, score_fields,
+                                             backward_weight, allow_other_model)
+    fields_source = "--score-fields" if score_fields is not None else (
+        str(choice.path) if choice.path is not None else "the default score fields")
+    factory = functools.partial(make_rescorer, model, backward_model, choice.weights, unit, precision, batch_tokens,
+                                threads, device, fields_source)
     rescorer = factory()  # load here so a bad model fails before any work; workers load their own copy
     if jobs == 1:
         factory = lambda: rescorer  # noqa: E731
     tally = ErrorTally(unit)
-    with progress_bar(progress) as advance:
-        report = rescore_file(nbest, output, factory, jobs, Shard.parse(shard), skip_bad, progress=advance, on_utterance=tally.add)
+    with input_file(nbest) as source, progress_bar(progress, "rescoring") as bar:
+        report = rescore_file(source, output, factory, jobs, shard_spec, skip_bad, progress=bar,
+                              on_utterance=tally.add, check=rescorer.fields.check)
     result = tally.result()
     if report.skipped:  # each one was listed as it was skipped
         log.warning("%d bad utterances skipped", len(report.skipped))
@@ -97,25 +151,24 @@ def run_rescore(nbest: Path, model, output, weights, lm_weight, length_bonus, sc
         print_summary(result, skipped=len(report.skipped))
 
 
-class progress_bar:
-    """A transient utterance counter on stderr, shown only when stderr is a terminal."""
+def check_positive(**options: int) -> None:
+    """Counts that must be at least 1 (``--threads 0`` keeps torch's default where a command allows it)."""
+    for name, value in options.items():
+        if value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
-    def __init__(self, enabled: bool):
-        self.progress = None
-        if enabled and sys.stderr.isatty():
-            self.progress = Progress(TextColumn("rescoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                     console=stderr, transient=True)
 
-    def __enter__(self):
-        if self.progress is None:
-            return None
-        self.progress.__enter__()
-        task = self.progress.add_task("rescoring", total=None)
-        return lambda n: self.progress.update(task, advance=n)
-
-    def __exit__(self, *exc):
-        if self.progress is not None:
-            self.progress.__exit__(*exc)
+def check_output(output: Path | None, nbest: Path, overwrite_input: bool) -> Path | None:
+    """``-o -`` is stdout; the output's folder must exist; writing onto the input needs --overwrite-input."""
+    if output is None or str(output) == "-":
+        return None
+    if output.is_dir():
+        raise UsageError(f"-o {output}: is a directory, expected a file name")
+    if not output.parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "the output's directory does not exist", str(output.parent))
+    if output.exists() and nbest.exists() and output.resolve() == nbest.resolve() and not overwrite_input:
+        raise UsageError(f"-o {output} is the input file; pass --overwrite-input to replace it with the result")
+    return output
 
 
 def print_summary(report: EvaluationReport, skipped: int = 0) -> None:
@@ -131,20 +184,31 @@ def print_summary(report: EvaluationReport, skipped: int = 0) -> None:
         stderr.print(f"{skipped} utterances skipped (see the warnings above)")
 
 
-def run_tune(dev_nbest, output, model, score_fields, backward_model, unit, precision, threads, device) -> None:
+def run_tune(dev_nbest, output, model, score_fields, backward_model, unit, precision, threads, device,
+             progress=True) -> None:
     from pipeline.tune import first_pass_fields, tune_weights
 
     check_choice("precision", precision, ("fp32", "bf16"))
-    utterances = read_nbest(dev_nbest)
+    check_positive(threads=threads)
+    device = check_device(device)
+    with input_file(dev_nbest) as source:
+        utterances = read_nbest(source)
+    if not any(isinstance(u.get("reference"), str) for u in utterances):
+        raise NbestFormatError(f"{dev_nbest}: no utterance has a 'reference'; tuning needs them")
+    options_fields = score_fields is not None
     if score_fields is None:
         score_fields = ",".join(first_pass_fields(utterances))
-    backward_model = backward_model or backward_model_dir(model or default_model_dir())
-    weights = build_weights(None, None, None, score_fields, None, backward_model)
-    rescorer = make_rescorer(model, backward_model, weights, unit, precision, 16384, threads, device)
-    tuned, figures = tune_weights(rescorer, utterances, unit)
-    backward = rescorer.backward_scorer
-    tuned.save(output, {"dev": {"file": str(dev_nbest), **figures}, "model": str(rescorer.scorer.lm.path),
-                        "backward_model": str(backward.lm.path) if backward else None})
+    model_dir = model or default_model_dir()
+    backward_model = backward_model or backward_model_dir(model_dir)
+    weights = apply_options(Weights(), None, None, score_fields, None)
+    rescorer = make_rescorer(model, backward_model, weights, unit, precision, 16384, threads, device,
+                             "--score-fields" if options_fields else "the default score fields")
+    for utterance in utterances:
+        rescorer.fields.check(utterance, str(dev_nbest))
+    with progress_bar(progress, "tuning: scoring") as bar:
+        tuned, figures = tune_weights(rescorer, utterances, unit, progress=bar)
+    tuned.save(output, {"dev": {"file": str(dev_nbest), **figures},
+                        **model_record(model_dir, backward_model), "created": now_iso()})
     label = figures["metric"]
     stderr.print(
         f"tuned on {figures['utterances']} utterances: first-pass {label} {100 * figures['first_pass']:.2f}%, "
@@ -153,13 +217,18 @@ def run_tune(dev_nbest, output, model, score_fields, backward_model, unit, preci
     stderr.print(f"weights: {json.dumps(tuned.__dict__)} -> {output}")
 
 
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
 def run_evaluate(nbest: Path, unit: str, as_json: bool) -> None:
     from pipeline.nbest import iter_utterances
 
     check_choice("unit", unit, ("auto", "word", "char"))
-    report = evaluate_utterances(iter_utterances(nbest), unit)
+    with input_file(nbest) as source:
+        report = evaluate_utterances(iter_utterances(source), unit)
     if report.utterances == 0:
-        raise UsageError(f"{nbest}: no utterance has a 'reference'; nothing to evaluate")
+        raise NbestFormatError(f"{nbest}: no utterance has a 'reference'; nothing to evaluate")
     if as_json:
         print(json.dumps(report.as_dict(), indent=2))
         return

@@ -3,15 +3,19 @@
 Exception classes, by module::
 
     ValueError
-     ├── lm.tokenizer.TokenizerError     tokenizer training or loading failed
-     ├── lm.checkpoint.ModelDirError     model directory missing, corrupt, unsafe or inconsistent
-     ├── lm.data.CorpusError             corpus file missing, not UTF-8, too small
-     ├── pipeline.nbest.NbestFormatError n-best file missing or malformed (names file, place, field)
-     └── pipeline.errors.UsageError      a bad option value (exit code 2)
+     ├── lm.tokenizer.TokenizerError      tokenizer training or loading failed
+     ├── lm.checkpoint.ModelDirError      model directory missing, corrupt, unsafe or inconsistent
+     ├── lm.data.CorpusError              corpus file missing, not UTF-8, too small
+     ├── pipeline.nbest.NbestFormatError  n-best file missing or malformed (names file, place, field)
+     ├── pipeline.fields.ScoreFieldError  a score field on some hypotheses and not on others
+     ├── pipeline.errors.WeightsFileError a weights file unreadable, or tuned for another model
+     ├── lm.device.DeviceError            a --device or --precision this machine cannot use (exit code 2)
+     └── pipeline.errors.UsageError       a bad option value (exit code 2)
     RuntimeError
-     └── lm.train.TrainingError          training cannot start or continue
+     └── lm.session.TrainingError         training cannot start or continue
 
-Set ``ASR_RESCORE_DEBUG=1`` or pass ``--debug`` to see the traceback as well.
+Input problems exit with 1, bad options with 2. Any other exception is a bug: it is reported in one
+line too, asking for ``--debug`` (or ``ASR_RESCORE_DEBUG=1``), which shows the traceback.
 """
 
 from __future__ import annotations
@@ -25,13 +29,15 @@ import typer
 
 from lm.checkpoint import ModelDirError
 from lm.data import CorpusError
+from lm.device import DeviceError
+from lm.session import TrainingError
 from lm.tokenizer import TokenizerError
-from lm.train import TrainingError
+from pipeline.fields import ScoreFieldError
 from pipeline.nbest import NbestFormatError
 
 log = logging.getLogger(__name__)
 
-USER_ERRORS = (ModelDirError, CorpusError, TokenizerError, NbestFormatError, TrainingError)
+USER_ERRORS = (ModelDirError, CorpusError, TokenizerError, NbestFormatError, TrainingError, ScoreFieldError)
 
 
 class UsageError(ValueError):
@@ -58,7 +64,9 @@ def reports_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except UsageError as e:
+        except typer.Exit:
+            raise
+        except (UsageError, DeviceError) as e:
             if debug_enabled():
                 raise
             raise fail(str(e), code=2) from None
@@ -77,5 +85,10 @@ def reports_errors(command):
                 raise
             where = e.filename2 or e.filename
             raise fail(f"{where}: {e.strerror or e}" if where else str(e)) from None
+        except Exception as e:  # a bug: still one line, and the traceback on request
+            if debug_enabled():
+                raise
+            message = str(e).splitlines()[0][:300] if str(e) else ""
+            raise fail(f"internal error ({type(e).__name__}: {message}); run with --debug for the traceback") from None
 
     return wrapper

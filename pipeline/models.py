@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
 from lm.checkpoint import LanguageModel, ModelDirError, load_model_dir
+from lm.device import resolve_device
 from lm.scorer import SentenceScorer
 
 # The small bilingual (Chinese + English) model committed with the project; scripts/train_default_model.sh
@@ -27,10 +26,10 @@ def default_model_dir() -> Path:
     return EMBEDDED_MODEL
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def check_device(name: str) -> str:
+    """Refuse a ``--device`` this machine cannot use before anything is loaded; returns the name."""
+    resolve_device(name)
+    return name
 
 
 def load_model(model_dir: Path | None, device: str = "cpu") -> LanguageModel:

@@ -44,10 +44,12 @@ class NbestFormatError(ValueError):
 
 @dataclass
 class ReadReport:
-    """What a lenient read had to repair or drop, for the caller to report."""
+    """What a read dropped or found besides utterances, for the caller to report."""
 
     skipped: list[str] = field(default_factory=list)  # one message per skipped utterance/line
-    missing_score: int = 0  # hypotheses without "score", read as 0.0
+    skipped_positions: list[int] = field(default_factory=list)  # their 0-based entry positions
+    shard: dict | None = None  # the record a 'rescore --shard K/N' output carries (see pipeline.batch)
+    entries: int = 0  # entries read so far, skipped ones included
 
 
 class _Invalid(Exception):
@@ -85,19 +87,50 @@ def iter_utterances(
 ) -> Iterator[dict]:
     """Yield the validated utterances of an n-best file in file order, any layout.
 
-    Every yielded hypothesis has a finite numeric "score" (0.0 when missing, counted in
-    ``report.missing_score``). With ``skip_bad`` an invalid utterance, or an invalid
-    JSON Lines line, is described in ``report.skipped`` instead of raising; errors in the
-    file's overall structure always raise ``NbestFormatError``.
+    A hypothesis's "score", when present, is a finite number; whether every hypothesis has
+    one is checked where the scores are combined (:mod:`pipeline.fields`), never filled in.
+    With ``skip_bad`` an invalid utterance, or an invalid JSON Lines line, is described in
+    ``report.skipped`` instead of raising; errors in the file's overall structure always
+    raise ``NbestFormatError``.
+    """
+    for _, utt in iter_positioned(path, skip_bad=skip_bad, report=report):
+        yield utt
+
+
+def iter_positioned(
+    path: str | os.PathLike, *, skip_bad: bool = False, report: ReadReport | None = None
+) -> Iterator[tuple[int, dict]]:
+    """Like iter_utterances, with each utterance's 0-based entry position in the file.
+
+    An entry is a top-level utterance of a JSON file or a non-blank line of a JSON Lines file,
+    skipped ones included, so positions do not move when ``skip_bad`` drops an entry.
     """
     path = Path(path)
     report = report if report is not None else ReadReport()
-    missing_before = report.missing_score
     reader = _iter_jsonl if detect_layout(path) == "jsonl" else _iter_json
     yield from reader(path, skip_bad, report)
-    missing = report.missing_score - missing_before
-    if missing:
-        logger.warning("%s: %d hypotheses have no score; using 0.0 for them", path, missing)
+
+
+def output_layout(path: str | os.PathLike | None, input_layout: str) -> str:
+    """The layout to write: by the output's name (.jsonl/.ndjson, .json), else the input's."""
+    if path is not None:
+        suffix = Path(path).suffix.lower()
+        if suffix in _JSONL_SUFFIXES:
+            return "jsonl"
+        if suffix == ".json":
+            return "json"
+    return input_layout
+
+
+def count_lines(path: str | os.PathLike) -> int:
+    """Non-blank lines of a file without parsing them: a JSON Lines file's entries, for a progress total."""
+    with _open_binary(Path(path)) as f:
+        return sum(1 for line in f if line.strip())
+
+
+def is_shard_record(obj: Any) -> bool:
+    """The trailer of a shard's output: an object whose only key is "shard"."""
+    return isinstance(obj, dict) and set(obj) == {"shard"}
 
 
 def read_nbest(path: str | os.PathLike, **kwargs: Any) -> list[dict]:
@@ -117,20 +150,34 @@ def _open_binary(path: Path) -> IO[bytes]:
         raise NbestFormatError(f"{path}: cannot read: {e.strerror}") from None
 
 
-def _iter_jsonl(path: Path, skip_bad: bool, report: ReadReport) -> Iterator[dict]:
+def _iter_jsonl(path: Path, skip_bad: bool, report: ReadReport) -> Iterator[tuple[int, dict]]:
     """Stream a JSON Lines file line by line, so memory stays bounded."""
     seen: dict[str, str] = {}
+    position = -1
     with _open_binary(path) as f:
         for lineno, raw in enumerate(f, 1):
             if not raw.strip():
                 continue
             try:
                 utt = _parse_jsonl_line(raw, lineno)
-                _check_utterance(utt, f"line {lineno}", seen, report, with_position=True)
             except _Invalid as err:
-                _reject(path, err, skip_bad, report)
+                position += 1
+                report.entries = position + 1
+                _reject(path, err, skip_bad, report, position)
                 continue
-            yield utt
+            if is_shard_record(utt):
+                report.shard = utt["shard"]
+                continue
+            position += 1
+            report.entries = position + 1
+            try:
+                if report.shard is not None:
+                    raise _Invalid(f"line {lineno}", "an utterance after the shard record, which must be the last line")
+                _check_utterance(utt, f"line {lineno}", seen, with_position=True)
+            except _Invalid as err:
+                _reject(path, err, skip_bad, report, position)
+                continue
+            yield position, utt
 
 
 def _parse_jsonl_line(raw: bytes, lineno: int) -> Any:
@@ -146,18 +193,22 @@ def _parse_jsonl_line(raw: bytes, lineno: int) -> Any:
         raise _Invalid(where, f"key {e.args[0]!r} appears twice in one object") from None
 
 
-def _iter_json(path: Path, skip_bad: bool, report: ReadReport) -> Iterator[dict]:
+def _iter_json(path: Path, skip_bad: bool, report: ReadReport) -> Iterator[tuple[int, dict]]:
     """Load a whole JSON file (canonical, bare list or mlm dict) and yield its utterances."""
     seen: dict[str, str] = {}
-    for index, (mlm_key, raw) in enumerate(_top_level_entries(path, _load_json(path)), 1):
+    data = _load_json(path)
+    if isinstance(data, dict) and "utterances" in data and isinstance(data.get("shard"), dict):
+        report.shard = data["shard"]
+    for index, (mlm_key, raw) in enumerate(_top_level_entries(path, data), 1):
         position = f"utterance #{index}"
+        report.entries = index
         try:
             utt = raw if mlm_key is None else _from_mlm(mlm_key, raw, position)
-            _check_utterance(utt, position, seen, report, with_position=False)
+            _check_utterance(utt, position, seen, with_position=False)
         except _Invalid as err:
-            _reject(path, err, skip_bad, report)
+            _reject(path, err, skip_bad, report, index - 1)
             continue
-        yield utt
+        yield index - 1, utt
 
 
 def _load_json(path: Path) -> Any:
@@ -244,10 +295,8 @@ def _from_mlm(key: str, value: Any, position: str) -> dict:
     return utt
 
 
-def _check_utterance(
-    utt: Any, position: str, seen: dict[str, str], report: ReadReport, *, with_position: bool
-) -> None:
-    """Validate one utterance in place (filling missing scores) and record its id in seen.
+def _check_utterance(utt: Any, position: str, seen: dict[str, str], *, with_position: bool) -> None:
+    """Validate one utterance and record its id in seen.
 
     ``position`` is "line N" (JSON Lines) or "utterance #N"; messages name the id once
     known, and keep the position too when ``with_position`` (JSON Lines).
@@ -266,24 +315,20 @@ def _check_utterance(
     for name, value in utt.items():
         if name != "hypotheses":
             _check_finite(value, where, name)
-    missing = sum(_check_hypothesis(hyp, f"{where}, hypothesis {i}") for i, hyp in enumerate(hypotheses, 1))
+    for i, hyp in enumerate(hypotheses, 1):
+        _check_hypothesis(hyp, f"{where}, hypothesis {i}")
     seen[utt_id] = position
-    report.missing_score += missing
 
 
-def _check_hypothesis(hyp: Any, where: str) -> bool:
-    """Validate one hypothesis in place; return True when its missing score was set to 0.0."""
+def _check_hypothesis(hyp: Any, where: str) -> None:
+    """Validate one hypothesis: an object with a string text and, if present, a numeric score."""
     if not isinstance(hyp, dict):
         raise _Invalid(where, f"a hypothesis must be an object, got {_type_name(hyp)}")
     _required(hyp, "text", str, where)
-    filled = "score" not in hyp
-    if filled:
-        hyp["score"] = 0.0
-    elif isinstance(hyp["score"], bool) or not isinstance(hyp["score"], (int, float)):
+    if "score" in hyp and (isinstance(hyp["score"], bool) or not isinstance(hyp["score"], (int, float))):
         raise _Invalid(where, f"field 'score' must be a number, got {_type_name(hyp['score'])}")
     for name, value in hyp.items():
         _check_finite(value, where, name)
-    return filled
 
 
 def _required(obj: dict, name: str, expected: type, where: str) -> Any:
@@ -309,12 +354,13 @@ def _check_finite(value: Any, where: str, name: str) -> None:
             _check_finite(item, where, name)
 
 
-def _reject(path: Path, err: _Invalid, skip_bad: bool, report: ReadReport) -> None:
+def _reject(path: Path, err: _Invalid, skip_bad: bool, report: ReadReport, position: int) -> None:
     """Raise NbestFormatError for a bad utterance, or record and log it when skipping."""
     message = f"{path}: {err.where}: {err.what}"
     if not skip_bad:
         raise NbestFormatError(message) from None
     report.skipped.append(message)
+    report.skipped_positions.append(position)
     logger.warning("skipping %s", message)
 
 
@@ -334,13 +380,19 @@ class NbestWriter:
     leaves a half-written or clobbered file. With ``path=None`` it streams to stdout.
     """
 
-    def __init__(self, path: str | os.PathLike | None, layout: str = "json") -> None:
+    def __init__(self, path: str | os.PathLike | None, layout: str = "json", trailer=None) -> None:
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         self.path = None if path is None else Path(path)
         self.layout = layout
+        self.trailer = trailer  # a callable returning {"shard": ...}, written after the last utterance
         self._out: IO[str] | None = None
         self._count = 0
+
+    @property
+    def count(self) -> int:
+        """Utterances written so far."""
+        return self._count
 
     @property
     def _name(self) -> str:
@@ -383,8 +435,12 @@ class NbestWriter:
     def _finish(self) -> None:
         """Close the JSON list and, for a file, fsync it and move it into place."""
         assert self._out is not None, "NbestWriter used outside its 'with' block"
+        trailer = self.trailer() if self.trailer else {}
         if self.layout == "json":
-            self._out.write("\n]}\n")
+            extra = "".join(f", {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in trailer.items())
+            self._out.write(f"\n]{extra}}}\n")
+        elif trailer:
+            self._out.write(json.dumps(trailer, ensure_ascii=False) + "\n")
         self._out.flush()
         if self.path is None:
             return

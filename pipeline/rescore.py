@@ -4,61 +4,34 @@
                 + lm_weight * lm_logprob            (our forward LM, natural log, </s> included)
                 + backward_weight * lm_logprob_backward   (optional right-to-left LM)
                 + length_bonus * length             (words, or characters for Chinese)
+                + [untuned] length-neutral bonus * length (the list's mean LM cost per unit)
 
 Ranking is stable: equal totals keep the first-pass order.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 from lm.scorer import SentenceScorer
-from pipeline.errors import WeightsFileError
+from pipeline.fields import FieldPresence
 from pipeline.metrics import detect_unit, split_units
+from pipeline.weights import Weights, untuned_weights
+
+__all__ = ["Rescorer", "RescoreResult", "Weights", "annotate_utterance", "rank_order", "text_length"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Weights:
-    """How the scores are combined; ``asr-rescore tune`` finds them, ``rescore --weights`` reads them."""
+def length_neutral_bonus(lm_terms: Sequence[float], lengths: Sequence[int]) -> float:
+    """The list's mean LM cost per unit: adding it per unit makes the LM term length-neutral in the list.
 
-    lm_weight: float = 1.0
-    length_bonus: float = 0.0
-    score_fields: dict[str, float] = field(default_factory=lambda: {"score": 1.0})
-    backward_weight: float = 0.0
-
-    def save(self, path: Path, extra: dict | None = None) -> None:
-        from lm.checkpoint import atomic_write_json
-
-        atomic_write_json(Path(path), {"weights": asdict(self), **(extra or {})})
-
-    @classmethod
-    def load(cls, path: Path) -> Weights:
-        """Read the ``weights`` object of a file written by ``tune`` (or a bare weights object)."""
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError as e:
-            raise WeightsFileError(f"{path}: no such weights file") from e
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise WeightsFileError(f"{path}: not valid JSON ({e})") from e
-        data = data.get("weights", data) if isinstance(data, dict) else data
-        try:
-            weights = cls(**data)
-            numbers = weights.numbers()
-        except (TypeError, AttributeError) as e:
-            raise WeightsFileError(f"{path}: expected a 'weights' object with {', '.join(cls.__dataclass_fields__)} ({e})") from e
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
-            raise WeightsFileError(f"{path}: every weight must be a finite number")
-        return weights
-
-    def numbers(self) -> list[float]:
-        return [self.lm_weight, self.length_bonus, self.backward_weight, *self.score_fields.values()]
+    The LM then prefers a text that is more probable per unit than its neighbours, not one that is shorter.
+    """
+    units = sum(lengths)
+    return -sum(lm_terms) / units if units else 0.0
 
 
 def text_length(text: str, unit: str) -> int:
@@ -100,13 +73,14 @@ class Rescorer:
         backward_scorer: SentenceScorer | None = None,
         unit: str = "auto",
         chunk_hypotheses: int = 20000,
+        fields_source: str = "the weights",
     ):
         self.scorer = scorer
         self.backward_scorer = backward_scorer
-        self.weights = weights or Weights()
+        self.weights = weights if weights is not None else untuned_weights()
         self.unit = unit
         self.chunk_hypotheses = chunk_hypotheses
-        self.missing_fields: dict[str, int] = {}
+        self.fields = FieldPresence(self.weights.score_fields, fields_source)
 
     def unit_for(self, texts: Iterable[str]) -> str:
         return detect_unit(texts) if self.unit == "auto" else self.unit
@@ -118,7 +92,12 @@ class Rescorer:
         return self.rescore_batch([hypotheses])[0]
 
     def rescore_batch(self, lists: Sequence[Sequence[dict]]) -> list[RescoreResult]:
-        """Rescore many n-best lists (each a list of hypothesis dicts) with one pooled LM pass."""
+        """Rescore many n-best lists (each a list of hypothesis dicts) with one pooled LM pass.
+
+        Raises ScoreFieldError when a weighted first-pass field is on some hypotheses and not on others.
+        """
+        for number, hyps in enumerate(lists, 1):
+            self.fields.check({"id": f"#{number}", "hypotheses": hyps})
         texts = [h["text"] for hyps in lists for h in hyps]
         forward = self.scorer.score(texts)
         backward = self.backward_scorer.score(texts) if self.backward_scorer else None
@@ -135,39 +114,37 @@ class Rescorer:
         """Total scores and ranks of one list whose LM scores are known."""
         w = self.weights
         unit = self.unit_for(h["text"] for h in hyps)
+        lengths = [text_length(h["text"], unit) for h in hyps]
+        lm_terms = [w.lm_weight * forward[i] + (w.backward_weight * backward[i] if backward is not None else 0.0)
+                    for i in range(len(hyps))]
+        bonus = w.length_bonus + (length_neutral_bonus(lm_terms, lengths) if w.length_neutral else 0.0)
         totals = []
         for i, hyp in enumerate(hyps):
             total = sum(weight * self.field_value(hyp, name) for name, weight in w.score_fields.items())
-            total += w.lm_weight * forward[i] + w.length_bonus * text_length(hyp["text"], unit)
-            if backward is not None:
-                total += w.backward_weight * backward[i]
-            totals.append(total)
+            totals.append(total + lm_terms[i] + bonus * lengths[i])
         ranks = rank_order(totals)
         best_index = ranks.index(1) if ranks else -1
         best = hyps[best_index]["text"] if hyps else ""
         return RescoreResult(best, best_index, totals, forward, ranks, backward)
 
-    def field_value(self, hyp: dict, name: str) -> float:
-        """A first-pass field as a number; a missing one counts as 0 (reported once per field)."""
-        value = hyp.get(name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if name not in self.missing_fields:
-            log.warning("hypotheses without a numeric %r field: using 0 for them", name)
-        self.missing_fields[name] = self.missing_fields.get(name, 0) + 1
-        return 0.0
+    @staticmethod
+    def field_value(hyp: dict, name: str) -> float:
+        """A first-pass field as a number; 0 when absent, which ``self.fields`` allows only on every hypothesis."""
+        return float(hyp.get(name, 0.0))
 
     def rescore_utterances(
-        self, utterances: Iterable[dict], progress: Callable[[int], None] | None = None
+        self, utterances: Iterable[dict], progress=None
     ) -> Iterator[dict]:
         """Add ``lm_logprob``/``total_score``/``rank`` to every hypothesis and ``best`` to every utterance.
 
         Utterances are processed in chunks of about ``chunk_hypotheses`` hypotheses (pooled LM scoring,
         bounded memory) and yielded in input order; hypotheses stay in their input order.
+        ``progress.advance(n)``, when given, is called after each chunk.
         """
         chunk: list[dict] = []
         size = 0
         for utterance in utterances:
+            self.fields.check(utterance)
             chunk.append(utterance)
             size += len(utterance["hypotheses"])
             if size >= self.chunk_hypotheses:
@@ -176,12 +153,12 @@ class Rescorer:
         if chunk:
             yield from self.annotate(chunk, progress)
 
-    def annotate(self, chunk: list[dict], progress: Callable[[int], None] | None) -> list[dict]:
+    def annotate(self, chunk: list[dict], progress=None) -> list[dict]:
         results = self.rescore_batch([u["hypotheses"] for u in chunk])
         for utterance, result in zip(chunk, results):
             annotate_utterance(utterance, result)
         if progress:
-            progress(len(chunk))
+            progress.advance(len(chunk))
         return chunk
 
 

@@ -18,6 +18,7 @@ import torch
 
 from pipeline.errors import UsageError
 from pipeline.evaluate import evaluate_utterances
+from pipeline.fields import is_number
 from pipeline.metrics import detect_unit, error_counts
 from pipeline.rescore import Rescorer, Weights, text_length
 
@@ -56,14 +57,27 @@ def first_pass_fields(utterances: Sequence[dict]) -> list[str]:
     return sorted(names, key=lambda n: n != "score") or ["score"]  # score first: its weight stays 1
 
 
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def score_lists(rescorer: Rescorer, lists: Sequence[Sequence[dict]], progress=None, chunk_hypotheses: int = 4000):
+    """Every list's LM scores, pooled in chunks of about ``chunk_hypotheses`` so progress can be shown."""
+    if progress:
+        progress.total(len(lists))
+    results, start = [], 0
+    while start < len(lists):
+        end, size = start, 0
+        while end < len(lists) and (size < chunk_hypotheses or end == start):
+            size += len(lists[end])
+            end += 1
+        results.extend(rescorer.rescore_batch(lists[start:end]))
+        if progress:
+            progress.advance(end - start)
+        start = end
+    return results
 
 
-def collect_dev_set(rescorer: Rescorer, utterances: Sequence[dict], unit: str) -> DevSet:
+def collect_dev_set(rescorer: Rescorer, utterances: Sequence[dict], unit: str, progress=None) -> DevSet:
     """Score every hypothesis once and tabulate what the search needs."""
     lists = [u["hypotheses"] for u in utterances]
-    results = rescorer.rescore_batch(lists)
+    results = score_lists(rescorer, lists, progress)
     field_names = list(rescorer.weights.score_fields)
     names = [f"field:{f}" for f in field_names] + ["lm_weight", "length_bonus"]
     if rescorer.backward_scorer is not None:
@@ -204,7 +218,7 @@ def search_interpolation(dev: DevSet, vector: torch.Tensor, lm_grid: list[float]
     return errors
 
 
-def tune_weights(rescorer: Rescorer, utterances: Sequence[dict], unit: str = "auto") -> tuple[Weights, dict]:
+def tune_weights(rescorer: Rescorer, utterances: Sequence[dict], unit: str = "auto", progress=None) -> tuple[Weights, dict]:
     """Find weights minimising errors on ``utterances`` (which need references). Returns weights and figures."""
     dev_utterances = [u for u in utterances if isinstance(u.get("reference"), str)]
     if not dev_utterances:
@@ -212,8 +226,9 @@ def tune_weights(rescorer: Rescorer, utterances: Sequence[dict], unit: str = "au
     if not rescorer.weights.score_fields:
         raise UsageError("tuning needs at least one first-pass score field (e.g. --score-fields score)")
     unit = detect_unit(u["reference"] for u in dev_utterances) if unit == "auto" else unit
-    dev = collect_dev_set(rescorer, dev_utterances, unit)
+    dev = collect_dev_set(rescorer, dev_utterances, unit, progress)
     free = [n for n in dev.names[1:]]
+    log.info("searching %s on %d utterances", ", ".join(free), len(dev_utterances))
     vector, errors = search_weights(dev, free)
     weights = weights_from_vector(dev.names, vector)
     baseline = evaluate_utterances(dev_utterances, unit)

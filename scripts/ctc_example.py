@@ -29,7 +29,8 @@ import torch
 from lm.checkpoint import LanguageModel, load_model_dir
 from lm.scorer import SentenceScorer
 from lm.tokenizer import Tokenizer, TokenizerConfig
-from lm.train import TrainConfig, run
+from lm.launch import run
+from lm.session import TrainConfig
 from pipeline.audio import build_ctc_decoder, hypotheses_to_utterances, sentencepiece_tokens
 from pipeline.metrics import EditCounts, edit_counts, oracle_counts
 from pipeline.rescore import Rescorer, Weights

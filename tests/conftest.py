@@ -12,7 +12,8 @@ from lm.checkpoint import LanguageModel, load_model_dir, save_model_dir
 from lm.model import ModelConfig, RnnLanguageModel
 from lm.ngram import NgramModel
 from lm.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer
-from lm.train import TrainConfig, run
+from lm.launch import run
+from lm.session import TrainConfig
 
 torch.set_num_threads(1)
 

@@ -8,8 +8,22 @@ import pytest
 
 from pipeline.batch import Shard, chunked, merge_shards, rescore_file
 from pipeline.errors import UsageError
-from pipeline.nbest import NbestFormatError, ReadReport
-from pipeline.rescore import Rescorer
+from pipeline.nbest import NbestFormatError, ReadReport, read_nbest
+from pipeline.rescore import Rescorer, Weights
+
+
+class Progress:
+    """Records what rescore_file reports to a progress bar."""
+
+    def __init__(self):
+        self.totals, self.steps, self.first_total_before_step = [], [], None
+
+    def total(self, n):
+        self.totals.append(n)
+        self.first_total_before_step = not self.steps
+
+    def advance(self, n):
+        self.steps.append(n)
 
 
 class LengthScorer:
@@ -55,10 +69,13 @@ def test_bad_shard(text):
         Shard.parse(text)
 
 
-def test_shard_selects_every_nth():
-    items = [{"id": str(i)} for i in range(7)]
+def test_shard_selects_every_nth_entry_by_position():
+    items = [(i, {"id": str(i)}) for i in range(7)]
     assert [u["id"] for u in Shard(1, 3).select(items)] == ["0", "3", "6"]
     assert [u["id"] for u in Shard(3, 3).select(items)] == ["2", "5"]
+    with_a_gap = [pair for pair in items if pair[0] != 3]  # entry 3 was skipped: shard 2 keeps entry 4
+    assert [u["id"] for u in Shard(2, 3).select(with_a_gap)] == ["1", "4"]
+    assert [Shard(k, 3).size(7) for k in (1, 2, 3)] == [3, 2, 2]
 
 
 def test_chunked():
@@ -69,16 +86,25 @@ def test_chunked():
 def test_rescore_file_keeps_order_and_reports_each_utterance(tmp_path):
     source = write_canonical(tmp_path / "in.json", utterances(5))
     out = tmp_path / "out.json"
-    seen, progress = [], []
-    report = rescore_file(source, out, lambda: Rescorer(LengthScorer()), chunk_utterances=2,
-                          progress=progress.append, on_utterance=lambda u: seen.append(u["id"]))
+    seen, progress = [], Progress()
+    report = rescore_file(source, out, lambda: Rescorer(LengthScorer(), Weights()), chunk_utterances=2,
+                          progress=progress, on_utterance=lambda u: seen.append(u["id"]))
     assert report.skipped == []
     written = json.loads(out.read_text())["utterances"]
     assert [u["id"] for u in written] == seen == [f"u{i}" for i in range(5)]
-    assert sum(progress) == 5
+    assert progress.totals == [5] and sum(progress.steps) == 5
     for utterance in written:
         assert utterance["best"] == "a b"  # shorter: the stand-in LM prefers it by far
-        assert [h["rank"] for h in utterance["hypotheses"]] in ([1, 2], [2, 1])
+        assert [h["rank"] for h in utterance["hypotheses"]] == [2, 1]
+
+
+@pytest.mark.parametrize("writer", [write_canonical, write_jsonl])
+def test_progress_knows_the_total_before_the_first_utterance(tmp_path, writer):
+    source = writer(tmp_path / ("in.json" if writer is write_canonical else "in.jsonl"), utterances(7))
+    progress = Progress()
+    rescore_file(source, tmp_path / "out.json", lambda: Rescorer(LengthScorer()), progress=progress,
+                 shard=Shard(2, 3), on_utterance=lambda u: progress.steps.append(0))
+    assert progress.totals == [2] and progress.first_total_before_step
 
 
 @pytest.mark.parametrize("count", [2, 3])
@@ -133,3 +159,80 @@ def test_skip_bad_reports_and_continues(tmp_path):
     assert isinstance(report, ReadReport)
     assert len(report.skipped) == 1 and "line 2" in report.skipped[0]
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["u0", "u2"]
+
+
+def write_shards(tmp_path, source, count, suffix=".json", **kwargs) -> list:
+    parts = []
+    for k in range(1, count + 1):
+        parts.append(tmp_path / f"part{k}{suffix}")
+        rescore_file(source, parts[-1], lambda: Rescorer(LengthScorer()), shard=Shard(k, count), **kwargs)
+    return parts
+
+
+def test_shards_given_in_any_order_merge_in_input_order(tmp_path):
+    """part10 sorts before part2 in a shell glob: merge orders by the K each shard records."""
+    source = write_jsonl(tmp_path / "in.jsonl", utterances(23))
+    rescore_file(source, tmp_path / "full.jsonl", lambda: Rescorer(LengthScorer()))
+    parts = write_shards(tmp_path, source, 11, suffix=".jsonl")
+    globbed = sorted(parts, key=str)  # part1, part10, part11, part2, ...
+    assert globbed != parts
+    assert merge_shards(globbed, tmp_path / "merged.jsonl") == 23
+    assert (tmp_path / "merged.jsonl").read_bytes() == (tmp_path / "full.jsonl").read_bytes()
+
+
+def test_a_missing_shard_is_refused_by_name(tmp_path):
+    parts = write_shards(tmp_path, write_canonical(tmp_path / "in.json", utterances(7)), 3)
+    with pytest.raises(NbestFormatError, match=r"missing 2/3 \(given: 1/3, 3/3\)"):
+        merge_shards([parts[0], parts[2]], tmp_path / "merged.json")
+    assert not (tmp_path / "merged.json").exists()
+
+
+def test_a_shard_given_twice_is_refused(tmp_path):
+    parts = write_shards(tmp_path, write_canonical(tmp_path / "in.json", utterances(7)), 2)
+    with pytest.raises(NbestFormatError, match=r"part1.json: shard 1/2 is given twice"):
+        merge_shards([parts[0], parts[1], parts[0]], None)
+
+
+def test_a_shard_of_another_input_is_refused(tmp_path):
+    ours = write_shards(tmp_path, write_canonical(tmp_path / "in.json", utterances(7)), 2)
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    theirs = write_shards(other_dir, write_canonical(other_dir / "in.json", utterances(8)), 2)
+    with pytest.raises(NbestFormatError, match=r"other/part2.json: shard 2/2 of .*other/in.json.*another input"):
+        merge_shards([ours[0], theirs[1]], None)
+
+
+def test_a_file_that_is_no_shard_is_refused(tmp_path):
+    source = write_canonical(tmp_path / "in.json", utterances(3))
+    rescore_file(source, tmp_path / "whole.json", lambda: Rescorer(LengthScorer()))
+    with pytest.raises(NbestFormatError, match=r"whole.json: not the output of 'rescore --shard K/N'"):
+        merge_shards([tmp_path / "whole.json"], None)
+
+
+def test_an_edited_shard_is_refused(tmp_path):
+    parts = write_shards(tmp_path, write_jsonl(tmp_path / "in.jsonl", utterances(6)), 2, suffix=".jsonl")
+    lines = parts[1].read_text().splitlines(keepends=True)
+    parts[1].write_text(lines[0] + lines[-1])  # one utterance cut out, the record kept
+    with pytest.raises(NbestFormatError, match=r"part2.jsonl: holds 1 utterances, its shard record says 3"):
+        merge_shards(parts, None)
+
+
+def test_shards_with_skipped_utterances_merge_in_input_order(tmp_path):
+    items = [json.dumps(u) for u in utterances(7)]
+    items[1] = items[1][:-3]  # entry 1 (shard 2 of 3) is bad
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join(items) + "\n")
+    parts = write_shards(tmp_path, source, 3, suffix=".jsonl", skip_bad=True)
+    merge_shards(parts, tmp_path / "merged.jsonl")
+    ids = [json.loads(line)["id"] for line in (tmp_path / "merged.jsonl").read_text().splitlines()]
+    assert ids == ["u0", "u2", "u3", "u4", "u5", "u6"]
+
+
+@pytest.mark.parametrize(("name", "layout"), [("out.jsonl", "jsonl"), ("out.json", "json"), ("out.ndjson", "jsonl")])
+@pytest.mark.parametrize("writer", [write_canonical, write_jsonl])
+def test_the_output_layout_follows_the_output_name_and_reads_back(tmp_path, writer, name, layout):
+    source = writer(tmp_path / ("in.json" if writer is write_canonical else "in.jsonl"), utterances(3))
+    rescore_file(source, tmp_path / name, lambda: Rescorer(LengthScorer(), Weights()))
+    text = (tmp_path / name).read_text()
+    assert text.startswith('{"utterances": [') == (layout == "json")
+    assert [u["best"] for u in read_nbest(tmp_path / name)] == ["a b"] * 3

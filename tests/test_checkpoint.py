@@ -18,11 +18,11 @@ from lm.checkpoint import (
     WEIGHTS_FILE,
     LanguageModel,
     ModelDirError,
-    atomic_write_bytes,
     load_model_dir,
     load_weights,
     save_model_dir,
 )
+from lm.atomic import atomic_write_bytes
 from lm.model import ModelConfig, RnnLanguageModel
 from lm.scorer import score_one_at_a_time
 from lm.tokenizer import TokenizerConfig, train_tokenizer

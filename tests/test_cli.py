@@ -41,6 +41,18 @@ def assert_user_error(result, code: int = 1) -> str:
     return errors[0]
 
 
+def units(text: str) -> int:
+    return len(text.split()) if " " in text else len(text)
+
+
+def untuned_totals(utterance: dict, backward_weight: float = 0.0) -> list[float]:
+    """What the untuned default gives: score + LM terms + the list's mean LM cost per unit, per unit."""
+    hyps = utterance["hypotheses"]
+    lm = [h["lm_logprob"] + backward_weight * h.get("lm_logprob_backward", 0.0) for h in hyps]
+    bonus = -sum(lm) / sum(units(h["text"]) for h in hyps)
+    return [h.get("score", 0.0) + term + bonus * units(h["text"]) for h, term in zip(hyps, lm)]
+
+
 def scrambled(sentence: str) -> str:
     return " ".join(sentence.split()[::-1]) if " " in sentence else sentence[::-1]
 
@@ -100,7 +112,9 @@ def test_rescore_writes_json_to_stdout(form, trained_model_dir, tmp_path):
         for hyp in utterance["hypotheses"]:
             assert hyp["am_score"] in (-7.5, -8.0)  # unknown fields kept
             assert hyp["lm_logprob"] < 0
-            assert hyp["total_score"] == hyp["score"] + hyp["lm_logprob"]  # default weights: 1 and 0
+        # the untuned default: lm_weight 1 and a length-neutral LM term
+        totals = [h["total_score"] for h in utterance["hypotheses"]]
+        assert totals == pytest.approx(untuned_totals(utterance), abs=1e-9)
 
 
 def test_rescore_writes_the_same_to_a_file(trained_model_dir, tmp_path):
@@ -196,32 +210,56 @@ def test_score_fields(trained_model_dir, tmp_path):
     for utterance in utterances:
         for hyp in utterance["hypotheses"]:
             hyp["lm_score"] = -2.25
-    del utterances[0]["hypotheses"][0]["am_score"]
     source = write_json(tmp_path / "in.json", utterances)
-    result = runner.invoke(app, ["rescore", str(source), "-m", str(trained_model_dir), "--score-fields", "am_score,lm_score"])
+    result = runner.invoke(app, ["rescore", str(source), "-m", str(trained_model_dir), "--score-fields", "am_score,lm_score",
+                                 "--length-bonus", "0"])
     assert result.exit_code == 0, result.output
     output = json.loads(result.stdout)["utterances"]
     for utterance in output:
         for hyp in utterance["hypotheses"]:
             assert hyp["lm_score"] == -2.25  # the input's own LM score is kept, not overwritten
-            expected = hyp.get("am_score", 0.0) + hyp["lm_score"] + hyp["lm_logprob"]
+            expected = hyp["am_score"] + hyp["lm_score"] + hyp["lm_logprob"]
             assert hyp["total_score"] == pytest.approx(expected, abs=1e-9)
-    warnings = [line for line in result.stderr.splitlines() if "am_score" in line]
-    assert len(warnings) == 1 and warnings[0].startswith("WARNING: ")
 
 
-def test_missing_score_is_zero_with_one_warning(trained_model_dir, tmp_path):
+def test_a_score_field_missing_from_some_hypotheses_is_an_error(trained_model_dir, tmp_path):
     utterances = good_utterances()
-    for utterance in utterances[:2]:
+    del utterances[2]["hypotheses"][1]["am_score"]
+    source = write_json(tmp_path / "in.json", utterances)
+    out = tmp_path / "out.json"
+    result = runner.invoke(app, ["rescore", str(source), "-m", str(trained_model_dir), "--score-fields", "am_score",
+                                 "-o", str(out)])
+    assert assert_user_error(result) == (
+        f"error: {source}: utterance 'utt-2', hypothesis 2: has no 'am_score' but utterance 'utt-0', hypothesis 1 "
+        "has one; 'am_score' (named by --score-fields) must be on every hypothesis or on none")
+    assert not out.exists()
+
+
+@BOTH_FORMS
+def test_a_missing_score_on_some_hypotheses_is_an_error_not_a_winner(form, trained_model_dir, tmp_path):
+    """Read as 0, a missing score would outrank every real (negative) one and win."""
+    utterances = good_utterances()
+    del utterances[1]["hypotheses"][1]["score"]
+    result = invoke(form, str(write_json(tmp_path / "in.json", utterances)), "-m", str(trained_model_dir))
+    assert "utterance 'utt-1', hypothesis 2: has no 'score'" in assert_user_error(result)
+    assert result.stdout == ""
+
+
+def test_a_score_missing_from_every_hypothesis_ranks_by_the_lm_with_one_note(trained_model_dir, tmp_path):
+    utterances = good_utterances()
+    for utterance in utterances:
         for hyp in utterance["hypotheses"]:
             del hyp["score"]
-    source = write_json(tmp_path / "in.json", utterances)
-    result = runner.invoke(app, ["rescore", str(source), "-m", str(trained_model_dir)])
+    result = runner.invoke(app, ["rescore", str(write_json(tmp_path / "in.json", utterances)), "-m",
+                                 str(trained_model_dir)])
     assert result.exit_code == 0, result.output
-    output = json.loads(result.stdout)["utterances"]
-    assert [h["score"] for u in output[:2] for h in u["hypotheses"]] == [0.0] * 4
-    warnings = [line for line in result.stderr.splitlines() if "score" in line and line.startswith("WARNING")]
-    assert warnings == [f"WARNING: {source}: 4 hypotheses have no score; using 0.0 for them"]
+    for utterance in json.loads(result.stdout)["utterances"]:
+        assert all("score" not in h for h in utterance["hypotheses"])  # nothing filled in
+        assert utterance["best"] == utterance["reference"]
+        totals = [h["total_score"] for h in utterance["hypotheses"]]
+        assert totals == pytest.approx(untuned_totals(utterance), abs=1e-9)
+    notes = [line for line in result.stderr.splitlines() if line.startswith("WARNING") and "'score'" in line]
+    assert len(notes) == 1 and "ranking without that term" in notes[0], result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +275,7 @@ def backward_model_dir(trained_model_dir, tmp_path_factory):
 def test_backward_model(trained_model_dir, backward_model_dir, tmp_path):
     source = write_json(tmp_path / "in.json")
     result = runner.invoke(app, ["rescore", str(source), "-m", str(trained_model_dir), "--backward-model",
-                                 str(backward_model_dir), "--backward-weight", "0.5"])
+                                 str(backward_model_dir), "--backward-weight", "0.5", "--length-bonus", "0"])
     assert result.exit_code == 0, result.output
     assert "WARNING" not in result.stderr
     hyps = [hyp for utterance in json.loads(result.stdout)["utterances"] for hyp in utterance["hypotheses"]]
@@ -262,28 +300,40 @@ def test_backward_model_beside_the_forward_one_is_added(bidirectional_model_dir,
     source = write_json(tmp_path / "in.json")
     result = runner.invoke(app, ["rescore", str(source), "-m", str(bidirectional_model_dir)])
     assert result.exit_code == 0, result.output
-    for hyp in (h for u in json.loads(result.stdout)["utterances"] for h in u["hypotheses"]):
-        # untuned, the backward model's score gets the forward model's weight
-        expected = hyp["score"] + hyp["lm_logprob"] + hyp["lm_logprob_backward"]
-        assert hyp["total_score"] == pytest.approx(expected, abs=1e-9)
+    for utterance in json.loads(result.stdout)["utterances"]:
+        # untuned, the backward model's score gets the forward model's weight, and the length term counts both
+        totals = [h["total_score"] for h in utterance["hypotheses"]]
+        assert totals == pytest.approx(untuned_totals(utterance, backward_weight=1.0), abs=1e-9)
 
 
 def test_backward_weight_zero_leaves_the_backward_model_out(bidirectional_model_dir, tmp_path):
     source = write_json(tmp_path / "in.json")
     result = runner.invoke(app, ["rescore", str(source), "-m", str(bidirectional_model_dir), "--backward-weight", "0"])
     assert result.exit_code == 0, result.output
-    for hyp in (h for u in json.loads(result.stdout)["utterances"] for h in u["hypotheses"]):
-        assert "lm_logprob_backward" not in hyp
-        assert hyp["total_score"] == pytest.approx(hyp["score"] + hyp["lm_logprob"], abs=1e-9)
+    for utterance in json.loads(result.stdout)["utterances"]:
+        assert all("lm_logprob_backward" not in hyp for hyp in utterance["hypotheses"])
+        totals = [h["total_score"] for h in utterance["hypotheses"]]
+        assert totals == pytest.approx(untuned_totals(utterance), abs=1e-9)
 
 
-def test_tuned_backward_weight_without_a_backward_model_warns(trained_model_dir, tmp_path):
+def test_tuned_backward_weight_without_a_backward_model_is_refused(trained_model_dir, tmp_path):
     source = write_json(tmp_path / "in.json")
     weights = tmp_path / "w.json"
-    weights.write_text(json.dumps({"weights": {"lm_weight": 0.5, "backward_weight": 0.5}}))
+    weights.write_text(json.dumps({"weights": {"lm_weight": 0.5, "backward_weight": 0.5}, "backward_model": "exp/b"}))
     result = runner.invoke(app, ["rescore", str(source), "-m", str(trained_model_dir), "--weights", str(weights)])
+    assert assert_user_error(result) == (
+        f"error: {weights}: gives backward_weight 0.5 (tuned with the backward model exp/b), but {trained_model_dir} "
+        "has no backward model and none was given (--backward-model DIR); pass --allow-other-model to leave that term out")
+    result = runner.invoke(app, ["rescore", str(source), "-m", str(trained_model_dir), "--weights", str(weights),
+                                 "--allow-other-model"])
     assert result.exit_code == 0, result.output
     assert "backward_weight 0.5" in result.stderr and "no backward model" in result.stderr
+
+
+def test_an_explicit_backward_weight_without_a_backward_model_is_a_usage_error(trained_model_dir, tmp_path):
+    result = runner.invoke(app, ["rescore", str(write_json(tmp_path / "in.json")), "-m", str(trained_model_dir),
+                                 "--backward-weight", "0.5"])
+    assert "has no backward model: give one with --backward-model DIR" in assert_user_error(result, code=2)
 
 
 def test_tune_uses_the_backward_model_beside_the_forward_one(bidirectional_model_dir, tmp_path):
@@ -406,7 +456,8 @@ def test_empty_lists_empty_texts_and_unseen_characters(trained_model_dir, tmp_pa
 def test_a_hypothesis_of_100000_characters(trained_model_dir, tmp_path):
     long_text = ("历史总是不断重演" * 12500)[:100_000]
     utterances = [{"id": "long", "hypotheses": [{"text": long_text, "score": 0.0}, {"text": "历史", "score": 0.0}]}]
-    result = invoke("rescore", str(write_json(tmp_path / "in.json", utterances)), "-m", str(trained_model_dir))
+    result = invoke("rescore", str(write_json(tmp_path / "in.json", utterances)), "-m", str(trained_model_dir),
+                    "--length-bonus", "0")
     assert result.exit_code == 0, result.output
     [utterance] = json.loads(result.stdout)["utterances"]
     long_hyp = utterance["hypotheses"][0]
@@ -524,7 +575,7 @@ def test_output_onto_a_directory(trained_model_dir, tmp_path):
     folder = tmp_path / "folder"
     folder.mkdir()
     result = invoke("rescore", str(write_json(tmp_path / "in.json")), "-m", str(trained_model_dir), "-o", str(folder))
-    assert assert_user_error(result) == f"error: {folder}: Is a directory"
+    assert assert_user_error(result, code=2) == f"error: -o {folder}: is a directory, expected a file name"
     assert list(folder.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["folder", "in.json"]
 
 

@@ -137,7 +137,7 @@ def test_evaluate_command_chinese_is_cer(tmp_path):
 def test_evaluate_command_without_references(tmp_path):
     path = write(tmp_path, [{"id": "a", "hypotheses": [{"text": "a", "score": 0.0}]}])
     result = CliRunner().invoke(app, ["evaluate", str(path)])
-    assert result.exit_code == 2
+    assert result.exit_code == 1  # a problem of the input, not of the options
     assert isinstance(result.exception, SystemExit)
     assert result.stderr.strip() == f"error: {path}: no utterance has a 'reference'; nothing to evaluate"
     assert "Traceback" not in result.output

@@ -195,19 +195,16 @@ def test_integer_score_is_valid(write_file):
 
 
 @pytest.mark.parametrize("name", ["in.json", "in.jsonl"])
-def test_missing_score_becomes_zero_and_is_counted(tmp_path, name, caplog):
+def test_a_missing_score_is_never_filled_in(tmp_path, name):
+    """Whether every hypothesis has one is checked where scores are combined (pipeline.fields)."""
     utts = [
         {"id": "u1", "hypotheses": [{"text": "a"}, {"text": "b", "score": -1.0}]},
         {"id": "u2", "hypotheses": [{"text": "c"}]},
     ]
     path = tmp_path / name
     path.write_text("\n".join(json.dumps(u) for u in utts) if name.endswith("l") else json.dumps(utts))
-    report = ReadReport()
-    with caplog.at_level(logging.WARNING, logger="pipeline.nbest"):
-        result = read_nbest(path, report=report)
-    assert [h["score"] for u in result for h in u["hypotheses"]] == [0.0, -1.0, 0.0]
-    assert report.missing_score == 2
-    assert [r.getMessage() for r in caplog.records] == [f"{path}: 2 hypotheses have no score; using 0.0 for them"]
+    result = read_nbest(path)
+    assert [h.get("score") for u in result for h in u["hypotheses"]] == [None, -1.0, None]
 
 
 def test_jsonl_blank_lines_are_ignored(write_file):
@@ -378,11 +375,12 @@ def test_json_skip_bad_skips_invalid_utterance(write_file):
     assert [m.split(": ", 2)[1] for m in report.skipped] == ["utterance 'u5'", "utterance 'u1'"]
 
 
-def test_skip_bad_counts_missing_scores_only_of_kept_utterances(write_file):
-    path = _jsonl_file(write_file, [{"id": "a", "hypotheses": [{"text": "x"}]}, {"id": "b", "hypotheses": [{}]}])
+def test_skip_bad_records_the_positions_of_skipped_entries(write_file):
+    path = _jsonl_file(write_file, [{"id": "a", "hypotheses": [{"text": "x"}]}, {"id": "b", "hypotheses": [{}]},
+                                    {"id": "c", "hypotheses": []}])
     report = ReadReport()
-    assert [u["id"] for u in read_nbest(path, skip_bad=True, report=report)] == ["a"]
-    assert report.missing_score == 1
+    assert [u["id"] for u in read_nbest(path, skip_bad=True, report=report)] == ["a", "c"]
+    assert (report.skipped_positions, report.entries) == ([1], 3)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from lm.checkpoint import NGRAM_FILE, ModelDirError, load_model_dir
 from lm.ngram import NgramError, NgramModel, check_order, fit_mixture_weight, history_windows, mix_logprobs
 from lm.scorer import SentenceScorer
 from lm.tokenizer import TokenizerConfig
-from lm.train import run
+from lm.launch import run
 
 V, BOS, EOS = 12, 1, 2
 

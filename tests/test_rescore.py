@@ -13,7 +13,9 @@ import torch
 from conftest import CHINESE, ENGLISH
 from lm.checkpoint import load_model_dir
 from lm.scorer import SentenceScorer
-from pipeline.commands import build_weights
+from pipeline.commands import apply_options
+from pipeline.errors import UsageError
+from pipeline.fields import ScoreFieldError
 from pipeline.errors import WeightsFileError
 from pipeline.rescore import Rescorer, Weights, rank_order, text_length
 
@@ -75,7 +77,7 @@ def test_total_score_is_the_weighted_sum():
 
 
 def test_scores_default_to_zero_in_the_plain_api():
-    result = Rescorer(TableScorer({"a": -2.0, "b": -1.0})).rescore(["a", "b"])
+    result = Rescorer(TableScorer({"a": -2.0, "b": -1.0}), Weights()).rescore(["a", "b"])
     assert result.total_scores == [-2.0, -1.0]
     assert result.best == "b"
 
@@ -121,23 +123,29 @@ def test_score_fields_with_their_own_weights():
     assert result.best == "b"
 
 
-def test_missing_field_counts_as_zero_with_one_warning(caplog):
+def test_a_field_on_some_hypotheses_only_is_an_error_naming_both_places():
     rescorer = Rescorer(TableScorer({}), Weights(lm_weight=0.0, score_fields={"score": 1.0, "am_score": 2.0}))
     hyps = [{"text": "a", "score": -1.0}, {"text": "b", "score": -2.0, "am_score": 0.25}, {"text": "c", "score": -3.0}]
-    with caplog.at_level(logging.WARNING, logger="pipeline.rescore"):
-        [result] = rescorer.rescore_batch([hyps])
+    with pytest.raises(ScoreFieldError, match=r"#1', hypothesis 2: has 'am_score' but utterance '#1', hypothesis 1 has none"):
         rescorer.rescore_batch([hyps])
-    assert result.total_scores == [-1.0, -1.5, -3.0]
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1, warnings
-    assert "'am_score'" in warnings[0]
-    assert rescorer.missing_fields == {"am_score": 4}
 
 
-def test_non_numeric_field_counts_as_zero():
+def test_a_field_missing_from_every_hypothesis_leaves_its_term_out_with_one_note(caplog):
+    rescorer = Rescorer(TableScorer({"a": -1.0, "b": -2.0}), Weights(score_fields={"score": 1.0}))
+    with caplog.at_level(logging.WARNING, logger="pipeline.fields"):
+        [first] = rescorer.rescore_batch([[{"text": "b"}, {"text": "a"}]])
+        rescorer.rescore_batch([[{"text": "a"}]])
+    assert first.best == "a" and first.total_scores == [-2.0, -1.0]
+    notes = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(notes) == 1 and "no 'score'" in notes[0], notes
+    with pytest.raises(ScoreFieldError, match="has 'score' but"):
+        rescorer.rescore_batch([[{"text": "a", "score": -1.0}]])
+
+
+def test_a_non_numeric_field_is_an_error():
     rescorer = Rescorer(TableScorer({}), Weights(lm_weight=0.0, score_fields={"am_score": 1.0}))
-    [result] = rescorer.rescore_batch([[{"text": "a", "am_score": True}, {"text": "b", "am_score": "3"}]])
-    assert result.total_scores == [0.0, 0.0]
+    with pytest.raises(ScoreFieldError, match="'am_score' must be a number, got True"):
+        rescorer.rescore_batch([[{"text": "a", "am_score": True}, {"text": "b", "am_score": 3}]])
 
 
 # --------------------------------------------------------------------------- ranking
@@ -243,6 +251,14 @@ def test_unknown_fields_and_input_lm_score_are_kept(scorer):
     assert set(first) == {"text", "score", "lm_score", "words", "lm_logprob", "total_score", "rank"}
 
 
+class Advances:
+    def __init__(self):
+        self.steps = []
+
+    def advance(self, n):
+        self.steps.append(n)
+
+
 def test_chunking_gives_the_same_result_as_one_chunk(scorer):
     def utterances():
         return [
@@ -254,11 +270,11 @@ def test_chunking_gives_the_same_result_as_one_chunk(scorer):
     chunked = Rescorer(scorer, chunk_hypotheses=3)
     calls = []
     chunked.scorer = TableScorerProxy(scorer, calls)
-    progress = []
+    progress = Advances()
     one = list(whole.rescore_utterances(utterances()))
-    many = list(chunked.rescore_utterances(utterances(), progress=progress.append))
+    many = list(chunked.rescore_utterances(utterances(), progress=progress))
     assert len(calls) == 3  # 2 utterances (4 hypotheses) per chunk
-    assert progress == [2, 2, 2]
+    assert progress.steps == [2, 2, 2]
     assert [u["id"] for u in many] == [u["id"] for u in one]
     for a, b in zip(one, many):
         assert a["best"] == b["best"]
@@ -362,12 +378,40 @@ def test_bad_weights_file(tmp_path, content, message):
 def test_options_override_the_weights_file(tmp_path):
     path = tmp_path / "w.json"
     Weights(lm_weight=0.5, length_bonus=0.25, score_fields={"am_score": 0.75}, backward_weight=0.125).save(path)
-    assert build_weights(path, None, None, None, None, None) == Weights(0.5, 0.25, {"am_score": 0.75}, 0.125)
-    combined = build_weights(path, 2.0, None, "am_score, lm_score", 0.0, None)
+    assert Weights.load(path) == Weights(0.5, 0.25, {"am_score": 0.75}, 0.125)
+    combined = apply_options(Weights.load(path), 2.0, None, "am_score, lm_score", 0.0)
     assert combined == Weights(lm_weight=2.0, length_bonus=0.25, score_fields={"am_score": 0.75, "lm_score": 1.0})
 
 
-def test_backward_weight_defaults_to_lm_weight_without_a_file(tmp_path):
-    assert build_weights(None, 0.5, None, None, None, tmp_path).backward_weight == 0.5
-    assert build_weights(None, 0.5, None, None, 0.125, tmp_path).backward_weight == 0.125
-    assert build_weights(None, 0.5, None, None, None, None).backward_weight == 0.0
+def test_an_explicit_length_bonus_replaces_the_length_neutral_term():
+    weights = apply_options(Weights(length_neutral=True), None, 0.5, None, None)
+    assert (weights.length_bonus, weights.length_neutral) == (0.5, False)
+
+
+def test_the_length_neutral_term_adds_the_lists_mean_lm_cost_per_unit():
+    rescorer = Rescorer(TableScorer({"a b": -6.0, "a b c d": -10.0}), Weights(score_fields={}, length_neutral=True))
+    result = rescorer.rescore(["a b", "a b c d"])
+    bonus = 16.0 / 6  # the list's LM cost per word
+    assert result.total_scores == pytest.approx([-6.0 + 2 * bonus, -10.0 + 4 * bonus])
+    assert result.best == "a b c d"  # cheaper per word; summed log-probabilities alone prefer the shorter
+    assert Rescorer(TableScorer({"a b": -6.0, "a b c d": -10.0}), Weights(score_fields={})).rescore(
+        ["a b", "a b c d"]).best == "a b"
+
+
+@pytest.mark.parametrize("short", ["", "a"])
+def test_untuned_an_empty_or_one_word_hypothesis_far_below_the_first_pass_best_does_not_win(scorer, short):
+    """Summed log-probabilities favour a short text by its whole cost; the untuned default must not."""
+    for sentence in ENGLISH[:4] + CHINESE[:4]:
+        first_pass_best = scrambled(sentence)  # a sentence the LM finds unlikely
+        texts, scores = [first_pass_best, short], [-50.0, -80.0]
+        plain = Rescorer(scorer, Weights()).rescore(texts, scores)
+        assert plain.best == short, (sentence, plain.total_scores)  # the bug the default must avoid
+        assert Rescorer(scorer).rescore(texts, scores).best == first_pass_best
+
+
+@pytest.mark.parametrize("option", ["lm_weight", "length_bonus", "backward_weight"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_weights_are_refused_up_front(option, value):
+    values = {"lm_weight": None, "length_bonus": None, "backward_weight": None, option: value}
+    with pytest.raises(UsageError, match=f"--{option.replace('_', '-')} must be a finite number"):
+        apply_options(Weights(), values["lm_weight"], values["length_bonus"], None, values["backward_weight"])

@@ -13,7 +13,8 @@ from lm.checkpoint import LanguageModel, load_model_dir
 from lm.model import ModelConfig, RnnLanguageModel
 from lm.sample import SamplingConfig, sample_sentences, sample_token_ids
 from lm.tokenizer import TokenizerConfig
-from lm.train import TrainConfig, run
+from lm.launch import run
+from lm.session import TrainConfig
 
 SENTENCES = [
     "the cat sat on the mat",
@@ -218,9 +219,9 @@ def test_model_mode_is_restored(spread_lm):
     "settings, match",
     [
         (dict(num=0), "num"),
-        (dict(max_tokens=0), "max_tokens"),
+        (dict(max_tokens=0), "--max-tokens"),
         (dict(temperature=-1.0), "temperature"),
-        (dict(top_k=-2), "top_k"),
+        (dict(top_k=-2), "--top-k"),
     ],
 )
 def test_invalid_settings_are_refused(settings, match):

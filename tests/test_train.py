@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import lm.device
 import lm.train
 from conftest import CORPUS, TINY_MODEL, tiny_train_config, write_lines
 from lm.checkpoint import load_model_dir, load_weights
@@ -24,14 +25,15 @@ from lm.data import CorpusError, TokenizedCorpus, load_tokenized
 from lm.perplexity import compute_perplexity
 from lm.scorer import SentenceScorer
 from lm.tokenizer import TokenizerConfig
-from lm.train import TrainConfig, TrainingError, TrainState, run
+from lm.launch import run
+from lm.session import TrainConfig, TrainingError, TrainState
 
 VOCAB_SIZE = 100
 
 
 def small_config(**overrides) -> TrainConfig:
-    """About 20 steps in 4 epochs on ``small_corpus``; a checkpoint after every step."""
-    return tiny_train_config(**{"epochs": 4, "batch_tokens": 128, "device": "cpu", **overrides})
+    """About 20 steps in 4 epochs on ``small_corpus``; a checkpoint after every step, kept at the end."""
+    return tiny_train_config(**{"epochs": 4, "batch_tokens": 128, "device": "cpu", "keep_checkpoint": True, **overrides})
 
 
 def train(out: Path, corpus: Path, config: TrainConfig | None = None, model: dict | None = None,
@@ -285,11 +287,11 @@ def test_time_budget_stops_cleanly_with_a_loadable_model(tmp_path, small_corpus)
 # temporary file and before renaming it, so most of the run is spent mid-write: kills land there.
 KILLED_TRAINER = """
 import json, sys, time
-import lm.checkpoint, lm.train
+import lm.atomic, lm.launch, lm.session
 from lm.tokenizer import TokenizerConfig
 
 args = json.loads(sys.argv[1])
-real_write = lm.checkpoint.atomic_write_bytes
+real_write = lm.atomic.atomic_write_bytes
 
 def slow_write(path, write):
     def write_slowly(f):
@@ -298,10 +300,9 @@ def slow_write(path, write):
         time.sleep(args["write_s"])
     real_write(path, write_slowly)
 
-lm.checkpoint.atomic_write_bytes = slow_write
-lm.train.atomic_write_bytes = slow_write
-lm.train.run([args["corpus"]], args["out"], args["model"], TokenizerConfig(vocab_size=args["vocab_size"]),
-             lm.train.TrainConfig(**args["config"]), show_progress=False)
+lm.atomic.atomic_write_bytes = slow_write
+lm.launch.run([args["corpus"]], args["out"], args["model"], TokenizerConfig(vocab_size=args["vocab_size"]),
+              lm.session.TrainConfig(**args["config"]), show_progress=False)
 """
 
 
@@ -404,9 +405,9 @@ def test_a_new_model_starts_at_the_unigram_cross_entropy_not_the_uniform(tmp_pat
 )
 def test_auto_precision_uses_bf16_only_with_native_bf16_instructions(monkeypatch, capabilities, expected):
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities, raising=False)
-    assert lm.train.resolve_precision("auto", torch.device("cpu")) == expected
-    assert lm.train.resolve_precision("fp32", torch.device("cpu")) == "fp32"
-    assert lm.train.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert lm.device.resolve_precision("auto", torch.device("cpu")) == expected
+    assert lm.device.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert lm.device.resolve_precision("bf16", torch.device("cpu")) == "bf16"
 
 
 def assert_backward_pair(out: Path) -> tuple:
@@ -516,5 +517,7 @@ def test_ctrl_c_stops_both_concurrent_runs_with_a_checkpoint_and_resume_finishes
     subprocess.run(command + ["--resume", "--epochs", "1000", "--max-minutes", "0.01"], check=True,
                    stderr=subprocess.DEVNULL)
     for path, step in zip((out, out / "backward"), steps):
-        assert last_checkpoint(path)["state"]["step"] >= step
+        finished = json.loads((path / "train" / "finished.json").read_text())
+        assert finished["finished"] and finished["step"] > step  # each resumed and took steps
         assert (path / "model.pt").is_file()
+        assert not (path / "train" / "last.pt").exists()  # removed once finished

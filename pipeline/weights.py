@@ -1,0 +1,154 @@
+"""The combination weights: what they are, where the defaults come from, and whether a file fits the model.
+
+Which weights a run uses, first match wins:
+
+1. ``--weights W.json`` (written by ``asr-rescore tune``), checked against the model it was tuned for;
+2. ``MODEL_DIR/weights.json`` (``tune -o MODEL_DIR/weights.json`` puts one there), checked the same way;
+3. the untuned default: ``lm_weight`` 1 with a *length-neutral* LM term. Each list gets a bonus per word
+   (or character) equal to the LM's mean cost per unit over that list's hypotheses, so a hypothesis as
+   probable per unit as its neighbours neither gains nor loses by its length. Added as log-probabilities,
+   the LM alone would favour every shorter text by its whole cost (an empty text costs ~7 nats, a
+   sentence ~40): an empty or truncated hypothesis far below the first-pass best would win.
+
+Options (``--lm-weight``, ``--length-bonus``, ...) then override single values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from lm.atomic import atomic_write_json
+from lm.checkpoint import WEIGHTS_FILE, read_config
+from pipeline.errors import UsageError, WeightsFileError
+
+log = logging.getLogger(__name__)
+
+MODEL_WEIGHTS_FILE = "weights.json"  # default weights inside a model directory
+
+
+@dataclass
+class Weights:
+    """How the scores are combined; ``asr-rescore tune`` finds them, ``rescore --weights`` reads them.
+
+    ``length_neutral`` adds, on top of ``length_bonus``, the list's mean LM cost per unit (the weighted
+    forward and backward LM terms together; see the module docstring). Tuned weights leave it off.
+    """
+
+    lm_weight: float = 1.0
+    length_bonus: float = 0.0
+    score_fields: dict[str, float] = field(default_factory=lambda: {"score": 1.0})
+    backward_weight: float = 0.0
+    length_neutral: bool = False
+
+    def save(self, path: Path, extra: dict | None = None) -> None:
+        atomic_write_json(Path(path), {"weights": asdict(self), **(extra or {})})
+
+    @classmethod
+    def load(cls, path: Path) -> Weights:
+        """Read the ``weights`` object of a file written by ``tune`` (or a bare weights object)."""
+        weights, _ = read_weights_file(path)
+        return weights
+
+    def numbers(self) -> list[float]:
+        return [self.lm_weight, self.length_bonus, self.backward_weight, *self.score_fields.values()]
+
+
+def is_finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_weights_file(path: Path) -> tuple[Weights, dict]:
+    """The weights of a file written by ``tune`` and the rest of what it records (model, dev figures)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise WeightsFileError(f"{path}: no such weights file") from e
+    except IsADirectoryError as e:
+        raise WeightsFileError(f"{path}: is a directory, expected a weights file") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightsFileError(f"{path}: not valid JSON ({e})") from e
+    record = data if isinstance(data, dict) else {}
+    values = data.get("weights", data) if isinstance(data, dict) else data
+    try:
+        weights = Weights(**values)
+        numbers = weights.numbers()
+    except (TypeError, AttributeError) as e:
+        names = ", ".join(Weights.__dataclass_fields__)
+        raise WeightsFileError(f"{path}: expected a 'weights' object with {names} ({e})") from e
+    if not all(is_finite_number(v) for v in numbers):
+        raise WeightsFileError(f"{path}: every weight must be a finite number")
+    if not isinstance(weights.length_neutral, bool) or not isinstance(weights.score_fields, dict):
+        raise WeightsFileError(f"{path}: length_neutral must be true or false, score_fields an object")
+    return weights, record
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """sha256 of a model directory's ``model.pt``: the same weights wherever the directory lives."""
+    digest = hashlib.sha256()
+    with open(Path(model_dir) / WEIGHTS_FILE, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_record(model_dir: Path | None, backward_dir: Path | None) -> dict:
+    """What a weights file records about the models it was tuned with."""
+    return {
+        "model": str(model_dir) if model_dir else None,
+        "model_sha256": model_fingerprint(model_dir) if model_dir else None,
+        "backward_model": str(backward_dir) if backward_dir else None,
+        "backward_model_sha256": model_fingerprint(backward_dir) if backward_dir else None,
+    }
+
+
+def check_tuned_for(path: Path, record: dict, weights: Weights, model_dir: Path, backward_dir: Path | None) -> None:
+    """Refuse weights tuned for another model, or a backward weight with no backward model to apply it to."""
+    recorded = record.get("model_sha256")
+    if recorded and recorded != model_fingerprint(model_dir):
+        raise WeightsFileError(
+            f"{path}: tuned for the model {record.get('model')}, but this run uses {model_dir} (other weights); "
+            "tune again for this model, or pass --allow-other-model if that is intended"
+        )
+    if weights.backward_weight and backward_dir is None:
+        raise WeightsFileError(
+            f"{path}: gives backward_weight {weights.backward_weight:g} (tuned with the backward model "
+            f"{record.get('backward_model')}), but {model_dir} has no backward model and none was given "
+            "(--backward-model DIR); pass --allow-other-model to leave that term out"
+        )
+    recorded = record.get("backward_model_sha256")
+    if weights.backward_weight and recorded and recorded != model_fingerprint(backward_dir):
+        raise WeightsFileError(
+            f"{path}: tuned with the backward model {record.get('backward_model')}, but this run uses "
+            f"{backward_dir}; tune again, or pass --allow-other-model if that is intended"
+        )
+
+
+def weights_for_model(model_dir: Path) -> tuple[Weights, Path | None, dict]:
+    """A model directory's default weights: its ``weights.json`` when it has one, else the untuned default.
+
+    Returns the weights, the file they came from (None for the untuned default) and that file's record.
+    """
+    path = Path(model_dir) / MODEL_WEIGHTS_FILE
+    if path.is_file():
+        weights, record = read_weights_file(path)
+        log.info("weights from %s (tuned; --weights or options override them)", path)
+        return weights, path, record
+    read_config(model_dir)  # a missing or broken model directory is reported here, before anything else
+    return untuned_weights(), None, {}
+
+
+def untuned_weights() -> Weights:
+    """The default when nothing was tuned: the LM added with weight 1, length-neutral (module docstring)."""
+    return Weights(length_neutral=True)
+
+
+def check_finite_options(**options: float | None) -> None:
+    """Refuse NaN and infinite option values up front (Typer's float parser accepts 'nan' and 'inf')."""
+    for name, value in options.items():
+        if value is not None and not math.isfinite(value):
+            raise UsageError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
