@@ -36,7 +36,9 @@ def iter_corpus_lines(paths: Iterable[Path], exclude: frozenset[str] = frozenset
                     if text and text not in exclude:
                         yield text
         except FileNotFoundError as e:
-            raise CorpusError(f"{path}: no such corpus file") from e
+            raise CorpusError(f"{path}: no such file") from e
+        except IsADirectoryError as e:
+            raise CorpusError(f"{path}: is a directory, expected a text file (one sentence per line)") from e
         except UnicodeDecodeError as e:
             raise CorpusError(f"{path}: line {line_number}: not valid UTF-8 ({e.reason})") from e
 

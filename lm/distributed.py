@@ -70,6 +70,10 @@ def barrier(world: World) -> None:
 
 
 def shutdown() -> None:
-    """Leave the process group, once all of a command's training runs are done."""
+    """Leave the process group, once all of a command's training runs are done.
+
+    All ranks meet first: a rank that tears gloo down while another still sends makes that one abort.
+    """
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

@@ -41,8 +41,6 @@ def run_train(corpus, output, valid, valid_fraction, exclude, vocab_size, model_
             valid_fraction=valid_fraction, patience=patience, reverse=direction == "backward" or reverse,
             ngram_order=ngram_order, ngram_min_count=ngram_min_count, keep_checkpoint=keep_checkpoint,
         )
-        if threads < 0:
-            raise ValueError(f"--threads must be 0 (torch's default) or more, got {threads}")
         tokenizer_config = TokenizerConfig(vocab_size=vocab_size, model_type=model_type)
         ModelConfig(vocab_size=vocab_size, **model_settings)  # check the options before any work
         if ngram_order:

@@ -244,7 +244,7 @@ def test_bf16_is_close_to_fp32(random_lm):
     fp32 = SentenceScorer(random_lm).score_ids(sequences)
     bf16 = SentenceScorer(random_lm, precision="bf16").score_ids(sequences)
     assert all(math.isfinite(s) for s in bf16)
-    assert_close(bf16, fp32, tolerance=0.5)
+    assert_close(bf16, fp32, tolerance=0.05)  # measured here: at most 0.001 nats
     assert bf16 != fp32  # the autocast did run in bfloat16
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import struct
 from pathlib import Path
 
@@ -98,10 +100,26 @@ def test_explicit_character_coverage_is_kept(tmp_path):
     assert stored_coverage(tokenizer.path, 0.999)
 
 
-def test_bad_model_type_raises(tmp_path):
+def test_bad_model_type_raises_in_the_config(tmp_path):
     with pytest.raises(TokenizerError, match="model type must be one of.*'wordpiece'"):
-        train_tokenizer(ENGLISH, tmp_path / "t.model", TokenizerConfig(model_type="wordpiece"))
+        TokenizerConfig(model_type="wordpiece")
+
+
+def test_bad_model_type_raises_in_training_too(tmp_path):
+    config = TokenizerConfig(vocab_size=60)
+    config.model_type = "wordpiece"  # past the config's own check: train_tokenizer must refuse it itself
+    with pytest.raises(TokenizerError, match="model type must be one of.*'wordpiece'"):
+        train_tokenizer(ENGLISH, tmp_path / "t.model", config)
     assert not (tmp_path / "t.model").exists()
+
+
+def test_a_vocabulary_smaller_than_asked_is_reported(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="lm.tokenizer"):
+        tokenizer = train_tokenizer(ENGLISH, tmp_path / "t.model", TokenizerConfig(vocab_size=5000))
+    assert tokenizer.vocab_size < 5000
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [f"the corpus supports {tokenizer.vocab_size} pieces, fewer than the 5000 asked for "
+                        f"(--vocab-size): using {tokenizer.vocab_size}"]
 
 
 def test_empty_corpus_raises(tmp_path):
