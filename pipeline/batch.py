@@ -127,12 +127,13 @@ def rescore_file(
     if check is not None:
         utterances = checked(utterances, check, str(input_path))
     if layout == "json":
-        # A JSON file is in memory anyway: validate all of it before the first byte of output
-        # (JSON Lines streams, so on stdout an error there can only stop the stream).
+        # A JSON file is in memory anyway: validate all of it before the first byte of output.
         utterances = list(utterances)
         total = len(utterances)
     else:
         total = shard.size(count_lines(input_path))
+        if output_path is None:  # stdout cannot be taken back: read the stream through once to validate it
+            validate_stream(input_path, shard, skip_bad, check)
     if progress:
         progress.total(total)
     trailer = (lambda: shard_record(input_path, shard, report, writer.count)) if shard.count > 1 else None
@@ -142,6 +143,14 @@ def rescore_file(
             if on_utterance:
                 on_utterance(utterance)
     return report
+
+
+def validate_stream(input_path: Path, shard: Shard, skip_bad: bool, check) -> None:
+    """Read (and check) every utterance of a JSON Lines file without keeping any, so errors come first."""
+    utterances = shard.select(iter_positioned(input_path, skip_bad=skip_bad, report=ReadReport(quiet=True)))
+    for utterance in utterances:
+        if check is not None:
+            check(utterance, str(input_path))
 
 
 def checked(utterances: Iterable[dict], check, where: str) -> Iterator[dict]:

@@ -50,6 +50,7 @@ class ReadReport:
     skipped_positions: list[int] = field(default_factory=list)  # their 0-based entry positions
     shard: dict | None = None  # the record a 'rescore --shard K/N' output carries (see pipeline.batch)
     entries: int = 0  # entries read so far, skipped ones included
+    quiet: bool = False  # record skipped entries without logging them
 
 
 class _Invalid(Exception):
@@ -104,6 +105,7 @@ def iter_positioned(
 
     An entry is a top-level utterance of a JSON file or a non-blank line of a JSON Lines file,
     skipped ones included, so positions do not move when ``skip_bad`` drops an entry.
+    ``report.quiet`` skips without logging (a first pass whose second pass will log).
     """
     path = Path(path)
     report = report if report is not None else ReadReport()
@@ -361,7 +363,8 @@ def _reject(path: Path, err: _Invalid, skip_bad: bool, report: ReadReport, posit
         raise NbestFormatError(message) from None
     report.skipped.append(message)
     report.skipped_positions.append(position)
-    logger.warning("skipping %s", message)
+    if not report.quiet:
+        logger.warning("skipping %s", message)
 
 
 def _type_name(value: Any) -> str:

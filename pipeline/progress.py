@@ -11,22 +11,34 @@ import sys
 
 from rich.console import Console
 from rich.progress import (
-    BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+    BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn,
 )
+from rich.text import Text
 
 stderr = Console(stderr=True)
 
 
-class RateColumn(TextColumn):
-    """Items per second, in the unit the bar counts."""
+class RateColumn(ProgressColumn):
+    """Items per second since the start, and the time left at that rate (steadier than a moving window
+    when updates come a chunk at a time)."""
 
     def __init__(self, unit: str):
-        super().__init__("")
+        super().__init__()
         self.unit = unit
 
-    def render(self, task):
-        speed = task.finished_speed or task.speed
-        return f"{speed:,.1f} {self.unit}/s" if speed else f"- {self.unit}/s"
+    def render(self, task) -> Text:
+        elapsed = task.elapsed or 0.0
+        if not task.completed or not elapsed:
+            return Text(f"- {self.unit}/s, time left -", style="progress.data.speed")
+        rate = task.completed / elapsed
+        left = "-" if task.total is None else format_duration((task.total - task.completed) / rate)
+        return Text(f"{rate:,.1f} {self.unit}/s, {left} left", style="progress.data.speed")
+
+
+def format_duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
 class progress_bar:
@@ -39,8 +51,8 @@ class progress_bar:
         self.redirected: list[tuple[logging.StreamHandler, object]] = []
         if enabled and sys.stderr.isatty():
             self.progress = Progress(
-                TextColumn(description), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(), RateColumn(unit),
-                TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=stderr, transient=True,
+                TextColumn(description), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(), TimeElapsedColumn(),
+                RateColumn(unit), console=stderr, transient=True,
             )
 
     def __enter__(self) -> progress_bar | None:

@@ -72,7 +72,7 @@ class Rescorer:
         weights: Weights | None = None,
         backward_scorer: SentenceScorer | None = None,
         unit: str = "auto",
-        chunk_hypotheses: int = 20000,
+        chunk_hypotheses: int = 5000,  # a progress update per chunk; 20000 was 2% faster (zh-rmrb dev)
         fields_source: str = "the weights",
     ):
         self.scorer = scorer

@@ -107,9 +107,13 @@ def model_record(model_dir: Path | None, backward_dir: Path | None) -> dict:
 
 
 def check_tuned_for(path: Path, record: dict, weights: Weights, model_dir: Path, backward_dir: Path | None) -> None:
-    """Refuse weights tuned for another model, or a backward weight with no backward model to apply it to."""
+    """Refuse weights tuned for another model, or a backward weight with no backward model to apply it to.
+
+    The model is identified by its weights' sha256; files from before that was recorded, by its path.
+    """
     recorded = record.get("model_sha256")
-    if recorded and recorded != model_fingerprint(model_dir):
+    legacy = not recorded and record.get("model") and Path(record["model"]).resolve() != Path(model_dir).resolve()
+    if (recorded and recorded != model_fingerprint(model_dir)) or legacy:
         raise WeightsFileError(
             f"{path}: tuned for the model {record.get('model')}, but this run uses {model_dir} (other weights); "
             "tune again for this model, or pass --allow-other-model if that is intended"

@@ -248,3 +248,28 @@ def test_merge_refuses_a_wrong_set_of_shards_from_the_command_line(trained_model
     assert merged.exit_code == 0, merged.output
     ids = [json.loads(line)["id"] for line in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert ids == [u["id"] for u in good_utterances()]
+
+
+@pytest.mark.parametrize("problem", ["bad JSON", "missing score"])
+def test_a_bad_line_late_in_json_lines_on_stdout_prints_nothing(trained_model_dir, tmp_path, problem):
+    """Streamed to stdout, the first utterances used to be printed before the error stopped the run."""
+    utterances = good_utterances()
+    source = write_jsonl(tmp_path / "in.jsonl", utterances)
+    lines = source.read_text().splitlines()
+    if problem == "bad JSON":
+        lines[3] = lines[3][:-2]
+    else:
+        lines[3] = json.dumps({**utterances[3], "hypotheses": [{"text": "x"}]}, ensure_ascii=False)
+    source.write_text("\n".join(lines) + "\n")
+    result = invoke("rescore", str(source), "-m", str(trained_model_dir))
+    assert "line 4" in assert_user_error(result) or "utt-3" in result.stderr
+    assert result.stdout == ""
+
+
+def test_a_weights_file_without_a_fingerprint_is_checked_by_the_model_path(trained_model_dir, other_model_dir, tmp_path):
+    weights = tmp_path / "w.json"
+    weights.write_text(json.dumps({"weights": {"lm_weight": 0.5}, "model": str(trained_model_dir)}))
+    source = write_json(tmp_path / "in.json")
+    assert invoke("rescore", str(source), "-m", str(trained_model_dir), "--weights", str(weights)).exit_code == 0
+    result = invoke("rescore", str(source), "-m", str(other_model_dir), "--weights", str(weights))
+    assert f"tuned for the model {trained_model_dir}, but this run uses {other_model_dir}" in assert_user_error(result)
