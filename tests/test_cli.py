@@ -359,6 +359,13 @@ def test_forward_model_as_backward_model_warns(trained_model_dir, tmp_path):
         (["--unit", "syllable"], "error: --unit must be one of auto, word, char, got 'syllable'"),
         (["--precision", "fp8"], "error: --precision must be one of fp32, bf16, got 'fp8'"),
         (["--jobs", "0"], "error: --jobs must be at least 1, got 0"),
+        (["--device", "gpu"], "error: --device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+        (["--threads", "-1"], "error: --threads must be at least 1, got -1"),
+        (["--batch-tokens", "-5"], "error: --batch-tokens must be at least 1, got -5"),
+        (["--lm-weight", "nan"], "error: --lm-weight must be a finite number, got nan"),
+        (["--length-bonus", "inf"], "error: --length-bonus must be a finite number, got inf"),
+        (["--backward-weight", "-inf"], "error: --backward-weight must be a finite number, got -inf"),
+        (["--score-fields", " , "], "error: --score-fields names no field, got ' , '"),
     ],
 )
 def test_bad_option_values_exit_2(trained_model_dir, tmp_path, option, message):

@@ -22,25 +22,6 @@ pytestmark = pytest.mark.usefixtures("restore_logging")
 # --------------------------------------------------------------------------- options that cannot work (exit 2)
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--device", "gpu"], "error: --device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
-        (["--threads", "-1"], "error: --threads must be at least 1, got -1"),
-        (["--batch-tokens", "-5"], "error: --batch-tokens must be at least 1, got -5"),
-        (["--jobs", "0"], "error: --jobs must be at least 1, got 0"),
-        (["--lm-weight", "nan"], "error: --lm-weight must be a finite number, got nan"),
-        (["--length-bonus", "inf"], "error: --length-bonus must be a finite number, got inf"),
-        (["--backward-weight", "-inf"], "error: --backward-weight must be a finite number, got -inf"),
-        (["--score-fields", " , "], "error: --score-fields names no field, got ' , '"),
-    ],
-)
-def test_bad_rescore_options_exit_2_before_any_output(trained_model_dir, tmp_path, args, message):
-    result = invoke("rescore", str(write_json(tmp_path / "in.json")), "-m", str(trained_model_dir), *args)
-    assert assert_user_error(result, code=2) == message
-    assert result.stdout == ""
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 @pytest.mark.parametrize("command", [["rescore"], ["tune", "-o", "w.json"], ["perplexity"]])
 def test_cuda_on_a_machine_without_it_is_one_line(trained_model_dir, tmp_path, command):
