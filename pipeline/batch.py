@@ -113,6 +113,8 @@ def rescore_file(
     progress=None,
     on_utterance=None,
     check=None,
+    output_format: str | None = None,
+    nbest_out: int | None = None,
 ) -> ReadReport:
     """Read, rescore and write one file; the output appears only when everything succeeded.
 
@@ -122,6 +124,15 @@ def rescore_file(
     """
     report = ReadReport()
     layout = detect_layout(input_path)
+    try:
+        out_layout = output_layout(output_path, layout, output_format)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if shard.count > 1 and out_layout not in ("json", "jsonl"):
+        raise UsageError(f"--shard writes JSON or JSON Lines (merge needs their shard record), not {out_layout}: "
+                         "merge the shards, then write the transcript")
+    if nbest_out is not None and nbest_out < 1:
+        raise UsageError(f"--nbest-out must be at least 1, got {nbest_out}")
     positioned = iter_positioned(input_path, skip_bad=skip_bad, report=report)
     utterances = shard.select(positioned)
     if check is not None:
@@ -137,12 +148,18 @@ def rescore_file(
     if progress:
         progress.total(total)
     trailer = (lambda: shard_record(input_path, shard, report, writer.count)) if shard.count > 1 else None
-    with NbestWriter(output_path, output_layout(output_path, layout), trailer=trailer) as writer:
+    with NbestWriter(output_path, out_layout, trailer=trailer) as writer:
         for utterance in rescore_stream(utterances, rescorer_factory, jobs, chunk_utterances, progress):
-            writer.write(utterance)
             if on_utterance:
                 on_utterance(utterance)
+            writer.write(keep_top(utterance, nbest_out) if nbest_out else utterance)
     return report
+
+
+def keep_top(utterance: dict, count: int) -> dict:
+    """The utterance with its hypotheses sorted by rank and cut to the best ``count`` (``--nbest-out``)."""
+    ranked = sorted(utterance["hypotheses"], key=lambda h: h["rank"])
+    return {**utterance, "hypotheses": ranked[:count]}
 
 
 def validate_stream(input_path: Path, shard: Shard, skip_bad: bool, check) -> None:

@@ -147,6 +147,9 @@ ScoreFieldsOption = Annotated[
     typer.Option(help="First-pass fields that enter the total, comma-separated, e.g. am_score,lm_score (default: score)."),
 ]
 UnitOption = Annotated[str, typer.Option(help="Length and error unit: auto (char for Chinese, else word), word or char.")]
+FormatOption = Annotated[str, typer.Option("--format", help="Input layout: auto, json (ours), kaldi (n-best directory), espnet (decode directory with 1best_recog/), nemo (beams TSV).")]
+ReferencesOption = Annotated[Optional[Path], typer.Option(help="References: a Kaldi text file (UTTID words...) or a JSON-lines manifest with 'text' (NeMo: also the ids).")]
+BeamSizeOption = Annotated[Optional[int], typer.Option(help="Candidates per utterance of a NeMo beams TSV.")]
 
 
 def rescore(
@@ -168,6 +171,12 @@ def rescore(
     threads: ThreadsOption = 1,
     device: DeviceOption = "cpu",
     progress: Annotated[bool, typer.Option(help="Show progress on stderr.")] = True,
+    input_format: FormatOption = "auto",
+    references: ReferencesOption = None,
+    beam_size: BeamSizeOption = None,
+    output_format: Annotated[Optional[str], typer.Option(help="json, jsonl, text (Kaldi: UTTID best text) or trn (sclite: best text (UTTID)); default: from -o's extension, else the input's.")] = None,
+    nbest_out: Annotated[Optional[int], typer.Option(help="Keep the best K hypotheses of each utterance, sorted by rank.")] = None,
+    posterior_temperature: Annotated[Optional[float], typer.Option(help="Temperature of each hypothesis's posterior (softmax of total_score / T; default 1 or the tuned one).")] = None,
     allow_other_model: Annotated[bool, typer.Option(help="Apply --weights tuned for another model (or with a backward model this run lacks) anyway.")] = False,
     overwrite_input: Annotated[bool, typer.Option(help="Allow -o to name the input file, replacing it with the result.")] = False,
     debug: DebugOption = False,
@@ -202,6 +211,10 @@ def tune(
     threads: ThreadsOption = 1,
     device: DeviceOption = "cpu",
     progress: Annotated[bool, typer.Option(help="Show progress on stderr.")] = True,
+    input_format: FormatOption = "auto",
+    references: ReferencesOption = None,
+    beam_size: BeamSizeOption = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Draw the dev error rate along each weight around the chosen point into this PNG (needs matplotlib: the 'plot' extra).")] = None,
 ) -> None:
     """Search lm_weight, length_bonus (and field and backward weights) minimising WER/CER on a dev set.
 
@@ -219,11 +232,15 @@ def evaluate(
     nbest: Annotated[Path, typer.Argument(help="N-best file with references (rescored or not).")],
     unit: UnitOption = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+    input_format: FormatOption = "auto",
+    references: ReferencesOption = None,
+    beam_size: BeamSizeOption = None,
+    details: Annotated[bool, typer.Option(help="Per utterance: reference, first-pass and rescored text aligned with their errors, and what changed.")] = False,
 ) -> None:
     """WER/CER of the first pass, the rescored choice and the oracle, with substitutions/insertions/deletions."""
     from pipeline.commands import run_evaluate
 
-    run_evaluate(nbest, unit, as_json)
+    run_evaluate(nbest, unit, as_json, input_format, references, beam_size, details)
 
 
 @app.command()

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import errno
 import functools
 import json
 import logging
-import shutil
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +15,8 @@ from rich.table import Table
 
 from pipeline.batch import Shard, rescore_file
 from pipeline.errors import UsageError
+from pipeline.formats.kaldi import UNTUNED_FIELDS as KALDI_UNTUNED_FIELDS
+from pipeline.formats.read import canonical_input, detect_format
 from pipeline.evaluate import ErrorTally, EvaluationReport, evaluate_utterances
 from lm.checkpoint import backward_model_dir
 from pipeline.models import check_device, default_model_dir, load_scorer
@@ -53,9 +51,15 @@ def choose_weights(weights_path: Path | None, model_dir: Path) -> WeightChoice:
     return WeightChoice(weights, "the untuned default")
 
 
-def apply_options(weights: Weights, lm_weight, length_bonus, score_fields, backward_weight) -> Weights:
+def apply_options(weights: Weights, lm_weight, length_bonus, score_fields, backward_weight,
+                  posterior_temperature=None) -> Weights:
     """Single options on top of the chosen weights; an explicit --length-bonus replaces the length-neutral part."""
-    check_finite_options(lm_weight=lm_weight, length_bonus=length_bonus, backward_weight=backward_weight)
+    check_finite_options(lm_weight=lm_weight, length_bonus=length_bonus, backward_weight=backward_weight,
+                         posterior_temperature=posterior_temperature)
+    if posterior_temperature is not None:
+        if posterior_temperature <= 0:
+            raise UsageError(f"--posterior-temperature must be above 0, got {posterior_temperature}")
+        weights.posterior_temperature = posterior_temperature
     if score_fields is not None:
         names = [n.strip() for n in score_fields.split(",") if n.strip()]
         if not names:
@@ -71,14 +75,14 @@ def apply_options(weights: Weights, lm_weight, length_bonus, score_fields, backw
 
 
 def resolve_weights(weights_path, model, backward_model, lm_weight, length_bonus, score_fields, backward_weight,
-                    allow_other_model: bool) -> tuple[WeightChoice, Path | None]:
+                    allow_other_model: bool, posterior_temperature=None) -> tuple[WeightChoice, Path | None]:
     """The weights and the backward model of a rescoring run, checked against each other."""
     model_dir = model or default_model_dir()
     choice = choose_weights(weights_path, model_dir)
     found = backward_model or backward_model_dir(model_dir)
     if choice.path is None and found is not None and backward_weight is None:
         choice.weights.backward_weight = lm_weight if lm_weight is not None else choice.weights.lm_weight
-    weights = apply_options(choice.weights, lm_weight, length_bonus, score_fields, backward_weight)
+    weights = apply_options(choice.weights, lm_weight, length_bonus, score_fields, backward_weight, posterior_temperature)
     used_backward = found if weights.backward_weight else None
     if choice.path is not None and not allow_other_model:
         check_tuned_for(choice.path, choice.record or {}, weights, model_dir, used_backward)
@@ -110,45 +114,45 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise UsageError(f"--{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
-@contextlib.contextmanager
-def input_file(path: Path):
-    """The path to read: ``-`` is standard input, copied to a temporary file (layouts need a second look)."""
-    if str(path) != "-":
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="asr-rescore-stdin-") as folder:
-        spooled = Path(folder) / "stdin"
-        with open(spooled, "wb") as f:
-            shutil.copyfileobj(sys.stdin.buffer, f)
-        yield spooled
-
-
 def run_rescore(nbest: Path, model, output, weights, lm_weight, length_bonus, score_fields, backward_model,
                 backward_weight, unit, jobs, shard, skip_bad, precision, batch_tokens, threads, device, progress,
-                allow_other_model=False, overwrite_input=False) -> None:
+                allow_other_model=False, overwrite_input=False, input_format="auto", references=None, beam_size=None,
+                output_format=None, nbest_out=None, posterior_temperature=None) -> None:
     check_choice("precision", precision, ("fp32", "bf16"))  # the unit is checked by make_rescorer
     check_positive(jobs=jobs, batch_tokens=batch_tokens, threads=threads)
     device = check_device(device)
     shard_spec = Shard.parse(shard)
     output = check_output(output, nbest, overwrite_input)
     choice, backward_model = resolve_weights(weights, model, backward_model, lm_weight, length_bonus, score_fields,
-                                             backward_weight, allow_other_model)
+                                             backward_weight, allow_other_model, posterior_temperature)
     fields_source = "--score-fields" if score_fields is not None else (
         str(choice.path) if choice.path is not None else "the default score fields")
+    if choice.path is None and score_fields is None and resolved_format(nbest, input_format) == "kaldi":
+        choice.weights.score_fields = dict(KALDI_UNTUNED_FIELDS)  # a Kaldi list has no total score
+        log.info("untuned Kaldi list: weighing %s (tune for your recogniser)", KALDI_UNTUNED_FIELDS)
+        fields_source = "the untuned Kaldi fields"
     factory = functools.partial(make_rescorer, model, backward_model, choice.weights, unit, precision, batch_tokens,
                                 threads, device, fields_source)
     rescorer = factory()  # load here so a bad model fails before any work; workers load their own copy
     if jobs == 1:
         factory = lambda: rescorer  # noqa: E731
     tally = ErrorTally(unit)
-    with input_file(nbest) as source, progress_bar(progress, "rescoring") as bar:
+    with canonical_input(nbest, input_format, references, beam_size) as source, progress_bar(progress, "rescoring") as bar:
         report = rescore_file(source, output, factory, jobs, shard_spec, skip_bad, progress=bar,
-                              on_utterance=tally.add, check=rescorer.fields.check)
+                              on_utterance=tally.add, check=rescorer.fields.check, output_format=output_format,
+                              nbest_out=nbest_out)
     result = tally.result()
     if report.skipped:  # each one was listed as it was skipped
         log.warning("%d bad utterances skipped", len(report.skipped))
     if result.utterances:
         print_summary(result, skipped=len(report.skipped))
+
+
+def resolved_format(path: Path, input_format: str) -> str:
+    """The input's layout as ``--format auto`` will read it (stdin: JSON)."""
+    if input_format != "auto" or str(path) == "-":
+        return input_format if input_format != "auto" else "json"
+    return detect_format(path) if path.exists() else "json"
 
 
 def check_positive(**options: int) -> None:
@@ -185,13 +189,13 @@ def print_summary(report: EvaluationReport, skipped: int = 0) -> None:
 
 
 def run_tune(dev_nbest, output, model, score_fields, backward_model, unit, precision, threads, device,
-             progress=True) -> None:
+             progress=True, input_format="auto", references=None, beam_size=None, plot=None) -> None:
     from pipeline.tune import first_pass_fields, tune_weights
 
     check_choice("precision", precision, ("fp32", "bf16"))
     check_positive(threads=threads)
     device = check_device(device)
-    with input_file(dev_nbest) as source:
+    with canonical_input(dev_nbest, input_format, references, beam_size) as source:
         utterances = read_nbest(source)
     if not any(isinstance(u.get("reference"), str) for u in utterances):
         raise NbestFormatError(f"{dev_nbest}: no utterance has a 'reference'; tuning needs them")
@@ -221,11 +225,12 @@ def now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def run_evaluate(nbest: Path, unit: str, as_json: bool) -> None:
+def run_evaluate(nbest: Path, unit: str, as_json: bool, input_format="auto", references=None, beam_size=None,
+                 details=False) -> None:
     from pipeline.nbest import iter_utterances
 
     check_choice("unit", unit, ("auto", "word", "char"))
-    with input_file(nbest) as source:
+    with canonical_input(nbest, input_format, references, beam_size) as source:
         report = evaluate_utterances(iter_utterances(source), unit)
     if report.utterances == 0:
         raise NbestFormatError(f"{nbest}: no utterance has a 'reference'; nothing to evaluate")

@@ -28,7 +28,7 @@ from typing import IO, Any, Iterable, Iterator
 
 logger = logging.getLogger(__name__)
 
-LAYOUTS = ("json", "jsonl")
+LAYOUTS = ("json", "jsonl", "text", "trn")  # the last two: one line of the best text per utterance
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
 _MLM_HYP_KEY = re.compile(r"hyp_(\d+)")
 _JSON_TYPE_NAMES = {dict: "object", list: "list", str: "string", bool: "bool", type(None): "null"}
@@ -113,14 +113,27 @@ def iter_positioned(
     yield from reader(path, skip_bad, report)
 
 
-def output_layout(path: str | os.PathLike | None, input_layout: str) -> str:
-    """The layout to write: by the output's name (.jsonl/.ndjson, .json), else the input's."""
+def output_layout(path: str | os.PathLike | None, input_layout: str, explicit: str | None = None) -> str:
+    """The layout to write: ``explicit``, else by the output's name, else the input's.
+
+    ``.jsonl``/``.ndjson``: JSON Lines; ``.json``: canonical; ``.trn``: sclite's ``best text (UTTID)``;
+    ``.txt`` or a file named ``text``: a Kaldi transcript ``UTTID best text``.
+    """
+    if explicit:
+        if explicit not in LAYOUTS:
+            raise ValueError(f"--output-format must be one of {', '.join(LAYOUTS)}, got {explicit!r}")
+        return explicit
     if path is not None:
+        name = Path(path).name.lower()
         suffix = Path(path).suffix.lower()
         if suffix in _JSONL_SUFFIXES:
             return "jsonl"
         if suffix == ".json":
             return "json"
+        if suffix == ".trn":
+            return "trn"
+        if suffix == ".txt" or name == "text":
+            return "text"
     return input_layout
 
 
@@ -418,6 +431,10 @@ class NbestWriter:
         if self._out is None:
             raise RuntimeError("NbestWriter.write() called outside its 'with' block")
         try:
+            if self.layout in ("text", "trn"):
+                self._out.write(transcript_line(utt, self.layout))
+                self._count += 1
+                return
             line = json.dumps(utt, ensure_ascii=False, allow_nan=False)
             if self.layout == "jsonl":
                 self._out.write(line + "\n")
@@ -438,7 +455,7 @@ class NbestWriter:
     def _finish(self) -> None:
         """Close the JSON list and, for a file, fsync it and move it into place."""
         assert self._out is not None, "NbestWriter used outside its 'with' block"
-        trailer = self.trailer() if self.trailer else {}
+        trailer = self.trailer() if self.trailer and self.layout in ("json", "jsonl") else {}
         if self.layout == "json":
             extra = "".join(f", {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in trailer.items())
             self._out.write(f"\n]{extra}}}\n")
@@ -460,6 +477,14 @@ class NbestWriter:
             return
         self._out.close()  # idempotent
         Path(self._out.name).unlink(missing_ok=True)
+
+
+def transcript_line(utt: dict, layout: str) -> str:
+    """One utterance's best text as a Kaldi ``text`` line or an sclite ``trn`` line."""
+    text = " ".join(str(utt.get("best", "")).split())
+    if layout == "text":
+        return f"{utt['id']} {text}".rstrip() + "\n"
+    return f"{text} ({utt['id']})\n".lstrip()
 
 
 def _output_mode(path: Path) -> int:

@@ -12,6 +12,7 @@ Ranking is stable: equal totals keep the first-pass order.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -34,6 +35,17 @@ def length_neutral_bonus(lm_terms: Sequence[float], lengths: Sequence[int]) -> f
     return -sum(lm_terms) / units if units else 0.0
 
 
+def softmax(totals: Sequence[float], temperature: float) -> list[float]:
+    """exp(total / T) normalised over the list: an n-best posterior (a confidence for each hypothesis)."""
+    if not totals:
+        return []
+    scaled = [t / temperature for t in totals]
+    top = max(scaled)
+    exps = [math.exp(v - top) for v in scaled]
+    norm = sum(exps)
+    return [e / norm for e in exps]
+
+
 def text_length(text: str, unit: str) -> int:
     """Length for the length bonus: words for spaced text, characters for Chinese."""
     return len(split_units(text, unit))
@@ -49,6 +61,7 @@ class RescoreResult:
     lm_logprobs: list[float]
     ranks: list[int]
     backward_logprobs: list[float] | None = None
+    posteriors: list[float] | None = None  # softmax of total_score / temperature within the list
 
 
 def rank_order(totals: Sequence[float]) -> list[int]:
@@ -125,7 +138,8 @@ class Rescorer:
         ranks = rank_order(totals)
         best_index = ranks.index(1) if ranks else -1
         best = hyps[best_index]["text"] if hyps else ""
-        return RescoreResult(best, best_index, totals, forward, ranks, backward)
+        posteriors = softmax(totals, w.posterior_temperature)
+        return RescoreResult(best, best_index, totals, forward, ranks, backward, posteriors)
 
     @staticmethod
     def field_value(hyp: dict, name: str) -> float:
@@ -173,4 +187,6 @@ def annotate_utterance(utterance: dict, result: RescoreResult) -> None:
             hyp["lm_logprob_backward"] = result.backward_logprobs[i]
         hyp["total_score"] = result.total_scores[i]
         hyp["rank"] = result.ranks[i]
+        if result.posteriors is not None:
+            hyp["posterior"] = result.posteriors[i]
     utterance["best"] = result.best

@@ -44,6 +44,7 @@ class Weights:
     score_fields: dict[str, float] = field(default_factory=lambda: {"score": 1.0})
     backward_weight: float = 0.0
     length_neutral: bool = False
+    posterior_temperature: float = 1.0  # of the n-best posterior (softmax of total_score / T); tune fits it
 
     def save(self, path: Path, extra: dict | None = None) -> None:
         atomic_write_json(Path(path), {"weights": asdict(self), **(extra or {})})
@@ -55,7 +56,8 @@ class Weights:
         return weights
 
     def numbers(self) -> list[float]:
-        return [self.lm_weight, self.length_bonus, self.backward_weight, *self.score_fields.values()]
+        return [self.lm_weight, self.length_bonus, self.backward_weight, self.posterior_temperature,
+                *self.score_fields.values()]
 
 
 def is_finite_number(value) -> bool:
@@ -84,6 +86,8 @@ def read_weights_file(path: Path) -> tuple[Weights, dict]:
         raise WeightsFileError(f"{path}: every weight must be a finite number")
     if not isinstance(weights.length_neutral, bool) or not isinstance(weights.score_fields, dict):
         raise WeightsFileError(f"{path}: length_neutral must be true or false, score_fields an object")
+    if not weights.posterior_temperature > 0:
+        raise WeightsFileError(f"{path}: posterior_temperature must be above 0")
     return weights, record
 
 

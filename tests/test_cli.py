@@ -85,12 +85,12 @@ def write_jsonl(path, utterances=None):
 
 
 def floats_apart(utterances: list[dict]) -> tuple[list, list]:
-    """The output with lm_logprob/total_score taken out, and those values, for comparisons with a tolerance."""
+    """The output with lm_logprob/total_score/posterior taken out, and those values, for comparisons with a tolerance."""
     structure, values = [], []
     for utterance in utterances:
         utterance = json.loads(json.dumps(utterance))
         for hyp in utterance["hypotheses"]:
-            values += [hyp.pop("lm_logprob"), hyp.pop("total_score")]
+            values += [hyp.pop("lm_logprob"), hyp.pop("total_score"), hyp.pop("posterior")]
         structure.append(utterance)
     return structure, values
 

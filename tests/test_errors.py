@@ -86,7 +86,7 @@ def test_a_directory_as_input_exits_1_in_every_command(trained_model_dir, tmp_pa
     if command[0] != "evaluate":
         args += ["-m", str(trained_model_dir)]
     line = assert_user_error(runner.invoke(app, args), code=1)
-    assert line.startswith(f"error: {folder}: is a directory, expected"), line
+    assert line.startswith(f"error: {folder}: ") and "directory" in line, line
 
 
 @pytest.mark.parametrize("command", [["evaluate"], ["tune", "-o", "w.json"]])

@@ -248,7 +248,18 @@ def test_unknown_fields_and_input_lm_score_are_kept(scorer):
     assert first["lm_score"] == -12.25 and second["lm_score"] == -11.5
     assert first["words"] == [{"w": "and", "t": 0.1}] and second["am_score"] == -7.0
     assert first["lm_logprob"] != first["lm_score"]
-    assert set(first) == {"text", "score", "lm_score", "words", "lm_logprob", "total_score", "rank"}
+    assert set(first) == {"text", "score", "lm_score", "words", "lm_logprob", "total_score", "rank", "posterior"}
+
+
+def test_posteriors_are_the_softmax_of_the_totals_at_the_temperature():
+    hyps = [{"text": "a", "score": 0.0}, {"text": "b", "score": -1.0}, {"text": "c", "score": -3.0}]
+    for temperature in (0.5, 1.0, 4.0):
+        weights = Weights(lm_weight=0.0, posterior_temperature=temperature)
+        result = Rescorer(TableScorer({}), weights).rescore_batch([hyps])[0]
+        expected = [math.exp(t / temperature) for t in result.total_scores]
+        assert result.posteriors == pytest.approx([e / sum(expected) for e in expected])
+    far = Rescorer(TableScorer({}), Weights(lm_weight=0.0)).rescore(["x", "y"], [-5000.0, -5001.0])
+    assert far.posteriors == pytest.approx([1 / (1 + math.exp(-1)), 1 / (1 + math.exp(1))])  # no underflow
 
 
 class Advances:
