@@ -28,6 +28,11 @@ from typing import IO, Any, Iterable, Iterator
 
 logger = logging.getLogger(__name__)
 
+KNOWN_LAYOUTS = (
+    "our JSON (canonical, JSON Lines, a bare list or the mlm dict), a Kaldi n-best directory (--format kaldi), "
+    "an ESPnet2 decode directory with 1best_recog/ (--format espnet), a NeMo beams TSV "
+    "(--format nemo --beam-size N --references MANIFEST)"
+)
 LAYOUTS = ("json", "jsonl", "text", "trn")  # the last two: one line of the best text per utterance
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
 _MLM_HYP_KEY = re.compile(r"hyp_(\d+)")
@@ -239,6 +244,8 @@ def _load_json(path: Path) -> Any:
         message = f"invalid UTF-8 at line {line} (byte offset {e.start})"
     except json.JSONDecodeError as e:
         message = f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}"
+        if (e.lineno, e.colno) == (1, 1):
+            message += f" (not JSON at all: the reader knows {KNOWN_LAYOUTS})"
     except _DuplicateKey as e:
         message = f"key {e.args[0]!r} appears twice in one object (ids and field names must be unique)"
     raise NbestFormatError(f"{path}: {message}")

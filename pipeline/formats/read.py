@@ -13,14 +13,9 @@ from pipeline.formats.espnet import looks_like_espnet, read_espnet
 from pipeline.formats.kaldi import looks_like_kaldi, read_kaldi
 from pipeline.formats.nemo import read_nemo_beams
 from pipeline.formats.references import attach_references, is_manifest, read_manifest, read_references
-from pipeline.nbest import NbestFormatError, read_nbest
+from pipeline.nbest import KNOWN_LAYOUTS, NbestFormatError, read_nbest
 
 FORMATS = ("auto", "json", "kaldi", "espnet", "nemo")
-KNOWN_LAYOUTS = (
-    "our JSON (canonical, JSON Lines, a bare list or the mlm dict), a Kaldi n-best directory (--format kaldi), "
-    "an ESPnet2 decode directory with 1best_recog/ (--format espnet), a NeMo beams TSV "
-    "(--format nemo --beam-size N --references MANIFEST)"
-)
 
 
 def detect_format(path: Path) -> str:
