@@ -227,16 +227,24 @@ def now_iso() -> str:
 
 def run_evaluate(nbest: Path, unit: str, as_json: bool, input_format="auto", references=None, beam_size=None,
                  details=False) -> None:
+    from pipeline.evaluate import change_summary, utterance_changes
     from pipeline.nbest import iter_utterances
 
     check_choice("unit", unit, ("auto", "word", "char"))
     with canonical_input(nbest, input_format, references, beam_size) as source:
         report = evaluate_utterances(iter_utterances(source), unit)
-    if report.utterances == 0:
-        raise NbestFormatError(f"{nbest}: no utterance has a 'reference'; nothing to evaluate")
+        if report.utterances == 0:
+            raise NbestFormatError(f"{nbest}: no utterance has a 'reference'; nothing to evaluate")
+        changes = utterance_changes(iter_utterances(source), report.unit if unit == "auto" else unit) if details else []
+    summary = change_summary(changes) if details else None
     if as_json:
-        print(json.dumps(report.as_dict(), indent=2))
+        result = report.as_dict()
+        if details:
+            result.update(summary=summary, details=[c.as_dict() for c in changes])
+        print(json.dumps(result, indent=2, ensure_ascii=False))
         return
+    if details:
+        print_changes(changes, report.unit)
     table = Table(show_header=True, header_style="bold")
     for name in ("", report.label, "errors", "sub", "ins", "del", "ref units"):
         table.add_column(name, justify="right")
@@ -246,3 +254,23 @@ def run_evaluate(nbest: Path, unit: str, as_json: bool, input_format="auto", ref
                           str(counts.insertions), str(counts.deletions), str(counts.ref_len))
     Console().print(table)
     Console().print(f"{report.utterances} utterances, {report.hypotheses} hypotheses")
+    if details:
+        print(
+            f"rescoring changed {summary['changed']} of {summary['utterances']} utterances: {summary['fixed']} fixed "
+            f"(fewer errors), {summary['broken']} broken (more errors), {summary['changed_same_errors']} with as many; "
+            f"{summary['errors_removed']} errors removed in all")
+
+
+def print_changes(changes, unit: str) -> None:
+    """Each utterance rescoring changed: the reference aligned with the first-pass and the rescored text."""
+    from pipeline.alignment import align, render
+    from pipeline.metrics import split_units
+
+    for change in changes:
+        if change.status == "unchanged":
+            continue
+        ref = split_units(change.reference, unit)
+        print(f"{change.id}  {change.status}: {change.first_pass_errors} -> {change.rescored_errors} errors")
+        for label, text in (("1ST", change.first_pass), ("NEW", change.rescored)):
+            print("\n".join(render(align(ref, split_units(text, unit)), labels=("REF", label))))
+        print()

@@ -94,3 +94,51 @@ def evaluate_utterances(utterances: Iterable[dict], unit: str = "auto") -> Evalu
     for utterance in utterances:
         tally.add(utterance)
     return tally.result()
+
+
+@dataclass
+class UtteranceChange:
+    """What rescoring did to one utterance: its first-pass and rescored texts and their errors."""
+
+    id: str
+    reference: str
+    first_pass: str
+    rescored: str
+    first_pass_errors: int
+    rescored_errors: int
+
+    @property
+    def status(self) -> str:
+        """``fixed`` (fewer errors), ``broken`` (more), ``changed`` (another text, as many errors) or ``unchanged``."""
+        if self.rescored_errors < self.first_pass_errors:
+            return "fixed"
+        if self.rescored_errors > self.first_pass_errors:
+            return "broken"
+        return "changed" if self.rescored != self.first_pass else "unchanged"
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "reference": self.reference, "status": self.status,
+                "first_pass": {"text": self.first_pass, "errors": self.first_pass_errors},
+                "rescored": {"text": self.rescored, "errors": self.rescored_errors}}
+
+
+def utterance_changes(utterances: Iterable[dict], unit: str) -> list[UtteranceChange]:
+    """One entry per rescored utterance with a reference, in file order."""
+    changes = []
+    for utterance in utterances:
+        ref, chosen, hyps = utterance.get("reference"), rescored_text(utterance), utterance["hypotheses"]
+        if not isinstance(ref, str) or chosen is None:
+            continue
+        first = hyps[first_pass_index(hyps)]["text"] if hyps else ""
+        changes.append(UtteranceChange(utterance["id"], ref, first, chosen, error_counts(ref, first, unit).errors,
+                                       error_counts(ref, chosen, unit).errors))
+    return changes
+
+
+def change_summary(changes: list[UtteranceChange]) -> dict:
+    """How many utterances rescoring changed, fixed (fewer errors) and broke (more errors)."""
+    statuses = [c.status for c in changes]
+    return {"utterances": len(changes), "changed": sum(s != "unchanged" for s in statuses),
+            "fixed": statuses.count("fixed"), "broken": statuses.count("broken"),
+            "changed_same_errors": statuses.count("changed"),
+            "errors_removed": sum(c.first_pass_errors - c.rescored_errors for c in changes)}

@@ -45,8 +45,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
         # Kaldi carries costs, not a total: its JSON twin has the same two fields under Kaldi's names.
-        kaldi_twin = [{**u, "hypotheses": [{"text": h["text"], "ac_score": h["am_score"], "lm_withlm_score": h["lm_score"]}
-                                            for h in u["hypotheses"]]} for u in utterances]
+        # (a list with a total score only puts it all in the acoustic cost, with a zero graph cost)
+        kaldi_twin = [{**u, "hypotheses": [{"text": h["text"], "ac_score": h.get("am_score", h["score"]),
+                                            "lm_withlm_score": h.get("lm_score", 0.0)} for h in u["hypotheses"]]}
+                      for u in utterances]
         plain_twin = [{**u, "hypotheses": [{"text": h["text"], "score": h["score"]} for h in u["hypotheses"]]}
                       for u in utterances]
         refs = write_kaldi_text(tmp / "text", utterances)

@@ -150,3 +150,36 @@ def test_evaluate_command_bad_file(tmp_path):
     assert result.exit_code == 1
     assert result.stderr.startswith(f"error: {path}: invalid JSON at line 1, column")
     assert "Traceback" not in result.output
+
+
+def test_alignment_has_the_fewest_edits_and_marks_each_column():
+    from pipeline.alignment import align, errors_of, render
+    from pipeline.metrics import edit_counts
+
+    ref, hyp = "the light was good".split(), "the lite was very good".split()
+    columns = align(ref, hyp)
+    assert columns == [("the", "the", "C"), ("light", "lite", "S"), ("was", "was", "C"), (None, "very", "I"),
+                       ("good", "good", "C")]
+    assert errors_of(columns) == edit_counts(ref, hyp).errors
+    assert render(columns) == ["REF: the LIGHT was ***  good", "HYP: the LITE  was very good", "OP:      S         I"]
+    assert align(["a", "b"], []) == [("a", None, "D"), ("b", None, "D")]
+
+
+def test_evaluate_details_say_what_rescoring_fixed_and_broke(tmp_path):
+    utterances = [
+        {"id": "fixed", "reference": "a b c", "best": "a b c",
+         "hypotheses": [{"text": "a x c", "score": -1.0}, {"text": "a b c", "score": -2.0}]},
+        {"id": "broken", "reference": "a b c", "best": "a y z",
+         "hypotheses": [{"text": "a b c", "score": -1.0}, {"text": "a y z", "score": -2.0}]},
+        {"id": "same", "reference": "a b c", "best": "a b c", "hypotheses": [{"text": "a b c", "score": -1.0}]},
+    ]
+    path = write(tmp_path, utterances)
+    result = CliRunner().invoke(app, ["evaluate", str(path), "--details", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["summary"] == {"utterances": 3, "changed": 2, "fixed": 1, "broken": 1, "changed_same_errors": 0,
+                                 "errors_removed": -1}
+    assert [d["status"] for d in report["details"]] == ["fixed", "broken", "unchanged"]
+    text = CliRunner().invoke(app, ["evaluate", str(path), "--details"]).stdout
+    assert "fixed: 1 -> 0 errors" in text and "broken: 0 -> 2 errors" in text and "same" not in text.split("┏")[0]
+    assert "rescoring changed 2 of 3 utterances: 1 fixed (fewer errors), 1 broken (more errors)" in text
