@@ -1,4 +1,5 @@
-"""``metrics.jsonl``: one JSON line per validation, appended as training goes.
+"""``metrics.jsonl``: one JSON line per validation (``"event": "valid"``) and one with the mean training
+loss every 50 steps (``"event": "train"``), appended as training goes.
 
 An append is one ``write`` of a whole line; a run killed in the middle of one leaves a partial last
 line, which the next append replaces (on resume) and readers skip.
@@ -40,13 +41,19 @@ def drop_partial_line(path: Path) -> None:
         log.warning("%s: dropped a partial last line left by an interrupted run", path)
 
 
-def read_metrics(out_dir: Path) -> list[dict]:
-    """The complete rows of ``metrics.jsonl`` (a partial last line is skipped)."""
+def read_metrics(out_dir: Path, event: str | None = None) -> list[dict]:
+    """The complete rows of ``metrics.jsonl`` (a partial last line is skipped).
+
+    ``event``: only ``"valid"`` rows (one per validation; rows of older versions have no event) or
+    ``"train"`` rows (the mean training loss every 50 steps).
+    """
     path = Path(out_dir) / METRICS_FILE
     if not path.is_file():
         return []
     rows = []
     for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
         if line.endswith("\n") and line.strip():
-            rows.append(json.loads(line))
+            row = json.loads(line)
+            if event is None or row.get("event", "valid") == event:
+                rows.append(row)
     return rows

@@ -110,6 +110,8 @@ class Session:
     stop_requested: bool = False
     stop_event: threading.Event | None = None  # set by another thread to stop as Ctrl-C would
     started_at: float = field(default_factory=time.monotonic)
+    train_loss_sum: float = 0.0  # training losses since the last training-loss row of metrics.jsonl
+    train_loss_steps: int = 0
 
     @property
     def work_dir(self) -> Path:

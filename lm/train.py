@@ -121,12 +121,31 @@ def train_one_epoch(session: Session, progress: TrainingProgress) -> bool:
         value = optimizer_step(session, loss, tokens, lr_at(session))
         state.batch_index += 1
         progress.update(value, tokens * session.world.size, elapsed_s(session), session.config.max_minutes)
+        record_train_loss(session, value)
         if should_stop(session):
             return False
         if time.monotonic() - last_checkpoint > 60 * session.config.checkpoint_minutes:
             save_checkpoint(session)
             last_checkpoint = time.monotonic()
     return True
+
+
+TRAIN_LOSS_EVERY = 50  # steps between the training-loss rows of metrics.jsonl
+
+
+def record_train_loss(session: Session, value: float | None) -> None:
+    """Every ``TRAIN_LOSS_EVERY`` steps, a metrics row with the mean training loss since the last one."""
+    if value is not None:
+        session.train_loss_sum += value
+        session.train_loss_steps += 1
+    step = session.state.step
+    if not session.world.is_main or session.train_loss_steps == 0 or step % TRAIN_LOSS_EVERY:
+        return
+    append_metrics(session.out_dir, {
+        "event": "train", "step": step, "epoch": session.state.epoch + 1, "elapsed_s": round(elapsed_s(session), 1),
+        "train_loss": session.train_loss_sum / session.train_loss_steps, "lr": session.optimizer.param_groups[0]["lr"],
+    })
+    session.train_loss_sum, session.train_loss_steps = 0.0, 0
 
 
 def end_of_epoch(session: Session, epoch_done: bool) -> None:
@@ -170,6 +189,7 @@ def write_metrics(session: Session, validation: Validation, improved: bool, epoc
         return
     state = session.state
     row = {
+        "event": "valid",
         "epoch": state.epoch if epoch_done else state.epoch + 1,
         "complete_epoch": epoch_done,
         "step": state.step,

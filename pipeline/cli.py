@@ -1,4 +1,4 @@
-"""The command line: ``asr-rescore train | perplexity | tune | rescore | evaluate | sample | merge``.
+"""The command line: ``asr-rescore train | perplexity | tune | rescore | evaluate | sample | merge | plot``.
 
 ``rescore NBEST`` (its own console script) is the same command as ``asr-rescore rescore``. Each
 command only gathers its options and calls one library function; user errors become one line on
@@ -282,6 +282,20 @@ def merge(
 
     count = merge_shards(shards, output)
     logging.getLogger(__name__).info("merged %d utterances from %d shards", count, len(shards))
+
+
+@app.command()
+@reports_errors
+def plot(
+    model: Annotated[Path, typer.Argument(help="A model directory (its metrics.jsonl).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="PNG to write (default: MODEL_DIR/training.png).")] = None,
+) -> None:
+    """Draw the training curves: validation perplexity (mixture, network alone), training loss, mixture weight, learning rate."""
+    from pipeline.plots import plot_training
+
+    output = output or Path(model) / "training.png"
+    count = plot_training(model, output)
+    logging.getLogger(__name__).info("drew %d validations -> %s", count, output)
 
 
 app.command(name="rescore")(reports_errors(rescore))

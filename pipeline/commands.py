@@ -195,6 +195,10 @@ def run_tune(dev_nbest, output, model, score_fields, backward_model, unit, preci
     check_choice("precision", precision, ("fp32", "bf16"))
     check_positive(threads=threads)
     device = check_device(device)
+    if plot is not None:
+        from pipeline.plots import pyplot
+
+        pyplot()  # matplotlib missing: say so before the work, not after
     with canonical_input(dev_nbest, input_format, references, beam_size) as source:
         utterances = read_nbest(source)
     if not any(isinstance(u.get("reference"), str) for u in utterances):
@@ -211,8 +215,14 @@ def run_tune(dev_nbest, output, model, score_fields, backward_model, unit, preci
         rescorer.fields.check(utterance, str(dev_nbest))
     with progress_bar(progress, "tuning: scoring") as bar:
         tuned, figures = tune_weights(rescorer, utterances, unit, progress=bar)
+    curves = figures.pop("curves")
     tuned.save(output, {"dev": {"file": str(dev_nbest), **figures},
                         **model_record(model_dir, backward_model), "created": now_iso()})
+    if plot is not None:
+        from pipeline.plots import plot_tuning
+
+        plot_tuning(curves, figures["metric"], plot)
+        stderr.print(f"dev {figures['metric']} along each weight -> {plot}")
     label = figures["metric"]
     stderr.print(
         f"tuned on {figures['utterances']} utterances: first-pass {label} {100 * figures['first_pass']:.2f}%, "

@@ -10,20 +10,35 @@ from lm.device import resolve_device
 from lm.scorer import SentenceScorer
 
 # The small bilingual (Chinese + English) model committed with the project; scripts/train_default_model.sh
-# reproduces it. ASR_RESCORE_MODEL points elsewhere.
-EMBEDDED_MODEL = Path(__file__).resolve().parent.parent / "data" / "default_model"
+# reproduces it. In a source checkout (or an editable install) it is data/default_model; a wheel carries
+# the same folder as the asr_rescore_data package. ASR_RESCORE_MODEL points elsewhere.
+CHECKOUT_MODEL = Path(__file__).resolve().parent.parent / "data" / "default_model"
+
+
+def embedded_model_dir() -> Path | None:
+    """Where the embedded default model is installed, or None."""
+    if (CHECKOUT_MODEL / "config.json").is_file():
+        return CHECKOUT_MODEL
+    try:
+        from importlib.resources import files
+
+        packaged = Path(str(files("asr_rescore_data") / "default_model"))
+    except (ImportError, TypeError):  # not installed as a package
+        return None
+    return packaged if (packaged / "config.json").is_file() else None
 
 
 def default_model_dir() -> Path:
     override = os.environ.get("ASR_RESCORE_MODEL")
     if override:
         return Path(override)
-    if not EMBEDDED_MODEL.is_dir():
+    found = embedded_model_dir()
+    if found is None:
         raise ModelDirError(
-            f"{EMBEDDED_MODEL}: the embedded default model is not installed here; pass -m MODEL_DIR "
-            "(or install the project from its repository with pip install -e .)"
+            f"{CHECKOUT_MODEL}: the embedded default model is not installed here; pass -m MODEL_DIR "
+            "(or reinstall the package: its wheel carries the model)"
         )
-    return EMBEDDED_MODEL
+    return found
 
 
 def check_device(name: str) -> str:

@@ -231,6 +231,7 @@ def tune_weights(rescorer: Rescorer, utterances: Sequence[dict], unit: str = "au
     log.info("searching %s on %d utterances", ", ".join(free), len(dev_utterances))
     vector, errors = search_weights(dev, free)
     weights = weights_from_vector(dev.names, vector)
+    weights.posterior_temperature = fit_temperature(dev, vector)
     baseline = evaluate_utterances(dev_utterances, unit)
     figures = {
         "unit": unit,
@@ -240,8 +241,54 @@ def tune_weights(rescorer: Rescorer, utterances: Sequence[dict], unit: str = "au
         "first_pass": baseline.first_pass.rate,
         "tuned": errors / max(dev.reference_units, 1),
         "oracle": baseline.oracle.rate,
+        "posterior_temperature": weights.posterior_temperature,
+        "curves": error_curves(dev, vector, free),
     }
     return weights, figures
+
+
+def fit_temperature(dev: DevSet, vector: torch.Tensor) -> float:
+    """The posterior temperature that best predicts which hypothesis has the fewest errors (max likelihood).
+
+    Calibrates ``posterior`` as a confidence: with T fitted, the fewest-error hypothesis gets on average
+    the probability the posteriors claim for it. Searched on a log grid from 0.01 to 1000.
+    """
+    totals = (dev.features @ vector).masked_fill(~dev.valid, float("-inf"))
+    fewest = dev.errors.masked_fill(~dev.valid, torch.iinfo(torch.int64).max).min(dim=1, keepdim=True).values
+    target = (dev.errors == fewest) & dev.valid  # every hypothesis tied for fewest errors counts as right
+    usable = dev.valid.sum(dim=1) > 1
+    if not bool(usable.any()):
+        return 1.0
+    best_t, best_ll = 1.0, float("-inf")
+    for k in range(-40, 61):
+        temperature = 10 ** (k / 20)
+        logp = torch.log_softmax(totals / temperature, dim=1)
+        right = torch.logsumexp(logp.masked_fill(~target, float("-inf")), dim=1)
+        ll = float(right[usable].mean())
+        if ll > best_ll:
+            best_t, best_ll = temperature, ll
+    return best_t
+
+
+def error_curves(dev: DevSet, vector: torch.Tensor, free: list[str], points: int = 41) -> dict:
+    """For each tuned weight, the dev error rate along it with the others at the chosen point (for --plot)."""
+    curves = {}
+    units = max(dev.reference_units, 1)
+    for name in free:
+        column = dev.names.index(name)
+        chosen = float(vector[column])
+        grid = coarse_grid(dev, name)
+        step = max((abs(b - a) for a, b in zip(grid, grid[1:])), default=1.0) or 1.0
+        span = max(abs(chosen), step) * 2
+        low = chosen - span if name == "length_bonus" else max(0.0, chosen - span)  # LM and field scales stay >= 0
+        values = [low + (chosen + span - low) * k / (points - 1) for k in range(points)]
+        trial = vector.clone()
+        rates = []
+        for value in values:
+            trial[column] = value
+            rates.append(count_errors(dev, trial) / units)
+        curves[name.removeprefix("field:")] = {"values": values, "error_rate": rates, "chosen": chosen}
+    return curves
 
 
 def weights_from_vector(names: list[str], vector: torch.Tensor) -> Weights:

@@ -16,6 +16,7 @@ from lm.ngram import NgramError, NgramModel, check_order, fit_mixture_weight, hi
 from lm.scorer import SentenceScorer
 from lm.tokenizer import TokenizerConfig
 from lm.launch import run
+from lm.metrics_log import read_metrics
 
 V, BOS, EOS = 12, 1, 2
 
@@ -195,7 +196,7 @@ def mixed_run(tmp_path_factory):
 def test_training_writes_the_ngram_and_a_fitted_weight(mixed_run):
     config = json.loads((mixed_run / "config.json").read_text())
     assert config["ngram"]["order"] == 3 and 0.0 < config["ngram"]["rnn_weight"] < 1.0
-    rows = [json.loads(line) for line in (mixed_run / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(mixed_run, "valid")
     best = min(rows, key=lambda row: row["valid_loss"])
     assert config["ngram"]["rnn_weight"] == pytest.approx(best["rnn_weight"])
     # the fitted mixture is at least as good on validation as the network alone

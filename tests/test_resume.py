@@ -150,3 +150,14 @@ def test_config_records_version_command_line_time_and_absolute_corpus_paths(tmp_
     assert recorded["package_version"] and recorded["created"].endswith("+00:00")
     assert recorded["command_line"] == ["asr-rescore", *arguments]
     assert recorded["corpus_files"] == [str(corpus.resolve())]
+
+
+def test_metrics_record_the_training_loss_every_50_steps(tmp_path, corpus):
+    out = tmp_path / "lm"
+    state = train(out, corpus, config(epochs=30, batch_tokens=64))
+    rows = read_metrics(out, "train")
+    assert state.step >= 100
+    assert [row["step"] for row in rows] == list(range(50, state.step + 1, 50))
+    assert all(math.isfinite(row["train_loss"]) and row["lr"] > 0 for row in rows)
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]  # it learns
+    assert len(read_metrics(out, "valid")) == state.epoch

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import lm.device
+import lm.metrics_log
 import lm.train
 from conftest import CORPUS, TINY_MODEL, tiny_train_config, write_lines
 from lm.checkpoint import load_model_dir, load_weights
@@ -43,7 +44,8 @@ def train(out: Path, corpus: Path, config: TrainConfig | None = None, model: dic
 
 
 def read_metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    """The validation rows of metrics.jsonl."""
+    return lm.metrics_log.read_metrics(out, "valid")
 
 
 def last_checkpoint(out: Path) -> dict:
