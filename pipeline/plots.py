@@ -54,8 +54,9 @@ def plot_training(model_dir: Path, output: Path) -> int:
     ppl.set(title="validation perplexity per token", yscale="log")
     ppl.legend()
     net.plot([r["step"] for r in train], [r["train_loss"] for r in train], "-", color="tab:orange", label="training")
-    net.plot(steps, [r["valid_loss"] for r in valid], "o-", color="tab:blue", label="validation (mixture)")
-    net.set(title="loss (nats per token)")
+    net.plot(steps, [r.get("rnn_valid_loss", r["valid_loss"]) for r in valid], "s--", color="tab:blue",
+             label="validation")
+    net.set(title="the network's loss (nats per token)")
     net.legend()
     axes[1][0].plot(steps, [r.get("rnn_weight", 1.0) for r in valid], "o-", color="tab:green")
     axes[1][0].set(title="network's share in the mixture", xlabel="step", ylim=(0, 1.05))

@@ -267,3 +267,27 @@ def test_canonical_input_of_a_json_file_is_the_file_itself(tmp_path):
     path.write_text(json.dumps(good_utterances()[0]) + "\n")
     with canonical_input(path) as source:
         assert source == path
+
+
+def test_pyctcdecode_beams_become_an_utterance_from_tuples_or_output_beams():
+    from dataclasses import dataclass
+
+    from pipeline.formats.pyctcdecode import beams_to_utterance
+
+    @dataclass
+    class OutputBeam:  # pyctcdecode's newer return type, field for field
+        text: str
+        last_lm_state: object
+        text_frames: list
+        logit_score: float
+        lm_score: float
+
+    tuples = [("the light was good", None, [("the", (0, 3))], -4.5, -10.25), ("", None, [], -9.0, -12.0)]
+    expected = [{"text": "the light was good", "score": -10.25, "ctc_score": -4.5, "lm_score": -5.75},
+                {"text": "", "score": -12.0, "ctc_score": -9.0, "lm_score": -3.0}]
+    assert beams_to_utterance(tuples, "u1", "the light was good") == {
+        "id": "u1", "hypotheses": expected, "reference": "the light was good"}
+    objects = [OutputBeam(*beam) for beam in tuples]
+    assert beams_to_utterance(objects, "u1")["hypotheses"] == expected
+    with pytest.raises(ValueError, match="5 items"):
+        beams_to_utterance([("text", -1.0)], "u1")

@@ -35,15 +35,20 @@ def split_key(line: str) -> tuple[str, str]:
     return parts[0], parts[1] if len(parts) > 1 else ""
 
 
-def read_text_archive(path: Path) -> dict[str, str]:
-    """``KEY words...`` lines (a Kaldi ``text`` or ``words_text`` file) as {KEY: text}; a key may not repeat."""
-    entries: dict[str, str] = {}
+def read_archive(path: Path, value) -> dict:
+    """{KEY: value(rest of the line, path, line number)} of a ``KEY ...`` file; a key may not repeat."""
+    entries: dict = {}
     for number, line in read_lines(path):
-        key, text = split_key(line)
+        key, rest = split_key(line)
         if key in entries:
             raise NbestFormatError(f"{path}: line {number}: key {key!r} appears twice")
-        entries[key] = " ".join(text.split())
+        entries[key] = value(rest, path, number)
     return entries
+
+
+def read_text_archive(path: Path) -> dict[str, str]:
+    """``KEY words...`` lines (a Kaldi ``text`` or ``words_text`` file) as {KEY: text}."""
+    return read_archive(path, lambda rest, _path, _number: " ".join(rest.split()))
 
 
 def parse_number(text: str, path: Path, number: int) -> float:
@@ -59,13 +64,7 @@ def parse_number(text: str, path: Path, number: int) -> float:
 
 def read_number_archive(path: Path) -> dict[str, float]:
     """``KEY number`` lines as {KEY: number}."""
-    values: dict[str, float] = {}
-    for number, line in read_lines(path):
-        key, rest = split_key(line)
-        if key in values:
-            raise NbestFormatError(f"{path}: line {number}: key {key!r} appears twice")
-        values[key] = parse_number(rest, path, number)
-    return values
+    return read_archive(path, parse_number)
 
 
 def is_number_archive(path: Path) -> bool:
