@@ -195,6 +195,9 @@ def run_tune(dev_nbest, output, model, score_fields, backward_model, unit, preci
     check_choice("precision", precision, ("fp32", "bf16"))
     check_positive(threads=threads)
     device = check_device(device)
+    for path in (output, plot):
+        if path is not None and not Path(path).parent.is_dir():
+            raise FileNotFoundError(errno.ENOENT, "the output's directory does not exist", str(Path(path).parent))
     if plot is not None:
         from pipeline.plots import pyplot
 

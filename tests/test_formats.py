@@ -291,3 +291,18 @@ def test_pyctcdecode_beams_become_an_utterance_from_tuples_or_output_beams():
     assert beams_to_utterance(objects, "u1")["hypotheses"] == expected
     with pytest.raises(ValueError, match="5 items"):
         beams_to_utterance([("text", -1.0)], "u1")
+
+
+def test_references_from_a_file_replace_or_fill_those_of_our_json(trained_model_dir, tmp_path):
+    utterances = good_utterances()
+    for utterance in utterances:
+        del utterance["reference"]
+    canonical = tmp_path / "in.json"
+    canonical.write_text(json.dumps({"utterances": utterances}, ensure_ascii=False), encoding="utf-8")
+    refs = write_kaldi_text(tmp_path / "text", good_utterances())
+    result = runner.invoke(app, ["evaluate", str(canonical), "--references", str(refs), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["utterances"] == len(utterances)
+    unrelated = write(tmp_path / "other", "x-1 a b\n")
+    result = runner.invoke(app, ["evaluate", str(canonical), "--references", str(unrelated)])
+    assert "none of the n-best ids has a reference here" in assert_user_error(result)
