@@ -24,7 +24,7 @@ from pipeline.nbest import NbestFormatError, read_nbest
 from pipeline.progress import progress_bar, stderr
 from pipeline.rescore import Rescorer
 from pipeline.weights import (
-    Weights, check_finite_options, check_tuned_for, model_record, read_weights_file, weights_for_model,
+    DECISIONS, Weights, check_finite_options, check_tuned_for, model_record, read_weights_file, weights_for_model,
 )
 
 log = logging.getLogger(__name__)
@@ -117,14 +117,18 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 def run_rescore(nbest: Path, model, output, weights, lm_weight, length_bonus, score_fields, backward_model,
                 backward_weight, unit, jobs, shard, skip_bad, precision, batch_tokens, threads, device, progress,
                 allow_other_model=False, overwrite_input=False, input_format="auto", references=None, beam_size=None,
-                output_format=None, nbest_out=None, posterior_temperature=None) -> None:
+                output_format=None, nbest_out=None, posterior_temperature=None, decision=None) -> None:
     check_choice("precision", precision, ("fp32", "bf16"))  # the unit is checked by make_rescorer
     check_positive(jobs=jobs, batch_tokens=batch_tokens, threads=threads)
     device = check_device(device)
     shard_spec = Shard.parse(shard)
     output = check_output(output, nbest, overwrite_input)
+    if decision is not None:
+        check_choice("decision", decision, DECISIONS)
     choice, backward_model = resolve_weights(weights, model, backward_model, lm_weight, length_bonus, score_fields,
                                              backward_weight, allow_other_model, posterior_temperature)
+    if decision is not None:
+        choice.weights.decision = decision
     fields_source = "--score-fields" if score_fields is not None else (
         str(choice.path) if choice.path is not None else "the default score fields")
     if choice.path is None and score_fields is None and resolved_format(nbest, input_format) == "kaldi":
@@ -189,10 +193,11 @@ def print_summary(report: EvaluationReport, skipped: int = 0) -> None:
 
 
 def run_tune(dev_nbest, output, model, score_fields, backward_model, unit, precision, threads, device,
-             progress=True, input_format="auto", references=None, beam_size=None, plot=None) -> None:
+             progress=True, input_format="auto", references=None, beam_size=None, plot=None, decision="map") -> None:
     from pipeline.tune import first_pass_fields, tune_weights
 
     check_choice("precision", precision, ("fp32", "bf16"))
+    check_choice("decision", decision, DECISIONS)
     check_positive(threads=threads)
     device = check_device(device)
     for path in (output, plot):
@@ -217,7 +222,7 @@ def run_tune(dev_nbest, output, model, score_fields, backward_model, unit, preci
     for utterance in utterances:
         rescorer.fields.check(utterance, str(dev_nbest))
     with progress_bar(progress, "tuning: scoring") as bar:
-        tuned, figures = tune_weights(rescorer, utterances, unit, progress=bar)
+        tuned, figures = tune_weights(rescorer, utterances, unit, progress=bar, decision=decision)
     curves = figures.pop("curves")
     tuned.save(output, {"dev": {"file": str(dev_nbest), **figures},
                         **model_record(model_dir, backward_model), "created": now_iso()})

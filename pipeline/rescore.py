@@ -6,7 +6,9 @@
                 + length_bonus * length             (words, or characters for Chinese)
                 + [untuned] length-neutral bonus * length (the list's mean LM cost per unit)
 
-Ranking is stable: equal totals keep the first-pass order.
+Ranking is stable: equal totals keep the first-pass order. ``best`` is the rank-1 text, or with
+``decision="mbr"`` the hypothesis with the least expected errors (:mod:`pipeline.mbr`); ``rank`` and
+``total_score`` mean the same either way.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 
 from lm.scorer import SentenceScorer
 from pipeline.fields import FieldPresence
+from pipeline.mbr import mbr_index
 from pipeline.metrics import detect_unit, split_units
 from pipeline.weights import Weights, untuned_weights
 
@@ -137,6 +140,8 @@ class Rescorer:
             totals.append(total + lm_terms[i] + bonus * lengths[i])
         ranks = rank_order(totals)
         best_index = ranks.index(1) if ranks else -1
+        if w.decision == "mbr" and hyps:
+            best_index = mbr_index([split_units(h["text"], unit) for h in hyps], totals, w.mbr_temperature)
         best = hyps[best_index]["text"] if hyps else ""
         posteriors = softmax(totals, w.posterior_temperature)
         return RescoreResult(best, best_index, totals, forward, ranks, backward, posteriors)

@@ -218,7 +218,8 @@ def search_interpolation(dev: DevSet, vector: torch.Tensor, lm_grid: list[float]
     return errors
 
 
-def tune_weights(rescorer: Rescorer, utterances: Sequence[dict], unit: str = "auto", progress=None) -> tuple[Weights, dict]:
+def tune_weights(rescorer: Rescorer, utterances: Sequence[dict], unit: str = "auto", progress=None,
+                 decision: str = "map") -> tuple[Weights, dict]:
     """Find weights minimising errors on ``utterances`` (which need references). Returns weights and figures."""
     dev_utterances = [u for u in utterances if isinstance(u.get("reference"), str)]
     if not dev_utterances:
@@ -232,6 +233,11 @@ def tune_weights(rescorer: Rescorer, utterances: Sequence[dict], unit: str = "au
     vector, errors = search_weights(dev, free)
     weights = weights_from_vector(dev.names, vector)
     weights.posterior_temperature = fit_temperature(dev, vector)
+    map_errors = errors
+    if decision == "mbr":
+        weights.decision = "mbr"
+        weights.mbr_temperature, errors = fit_mbr_temperature(dev, vector, dev_utterances, unit)
+        log.info("MBR: temperature %.4g, %d errors (the highest total: %d)", weights.mbr_temperature, errors, map_errors)
     baseline = evaluate_utterances(dev_utterances, unit)
     figures = {
         "unit": unit,
@@ -240,6 +246,8 @@ def tune_weights(rescorer: Rescorer, utterances: Sequence[dict], unit: str = "au
         "hypotheses": int(dev.valid.sum()),
         "first_pass": baseline.first_pass.rate,
         "tuned": errors / max(dev.reference_units, 1),
+        "tuned_highest_total": map_errors / max(dev.reference_units, 1),
+        "decision": decision,
         "oracle": baseline.oracle.rate,
         "posterior_temperature": weights.posterior_temperature,
         "curves": error_curves(dev, vector, free),
@@ -268,6 +276,42 @@ def fit_temperature(dev: DevSet, vector: torch.Tensor) -> float:
         if ll > best_ll:
             best_t, best_ll = temperature, ll
     return best_t
+
+
+def fit_mbr_temperature(dev: DevSet, vector: torch.Tensor, utterances: Sequence[dict], unit: str) -> tuple[float, int]:
+    """The MBR posterior temperature with the fewest dev errors (a log grid scaled to the totals' spread).
+
+    The candidates and their pairwise edit distances do not depend on the temperature: computed once.
+    """
+    from pipeline.mbr import least_risk, pairwise_distances, top_hypotheses
+    from pipeline.metrics import split_units
+
+    totals = dev.features @ vector
+    lists = []
+    for u, utterance in enumerate(utterances):
+        n = len(utterance["hypotheses"])
+        if n == 0:
+            lists.append(None)
+            continue
+        row = totals[u, :n].tolist()
+        order = top_hypotheses(row)
+        units = [split_units(utterance["hypotheses"][i]["text"], unit) for i in order]
+        lists.append((order, [row[i] for i in order], pairwise_distances(units)))
+    spreads = [statistics.pstdev(t) for item in lists if item and len(item[1]) > 1 for t in [item[1]]]
+    scale = statistics.median(spreads) if spreads and statistics.median(spreads) > 0 else 1.0
+    best: tuple[int, float] | None = None
+    for k in range(-16, 13):
+        temperature = scale * 2 ** (k / 2)
+        errors = 0
+        for u, item in enumerate(lists):
+            if item is None:
+                errors += int(dev.errors[u, 0])
+                continue
+            order, top_totals, distances = item
+            errors += int(dev.errors[u, order[least_risk(distances, top_totals, temperature)]])
+        if best is None or errors < best[0]:
+            best = (errors, temperature)
+    return best[1], best[0]
 
 
 def error_curves(dev: DevSet, vector: torch.Tensor, free: list[str], points: int = 41) -> dict:

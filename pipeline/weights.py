@@ -29,6 +29,7 @@ from pipeline.errors import UsageError, WeightsFileError
 log = logging.getLogger(__name__)
 
 MODEL_WEIGHTS_FILE = "weights.json"  # default weights inside a model directory
+DECISIONS = ("map", "mbr")
 
 
 @dataclass
@@ -45,6 +46,8 @@ class Weights:
     backward_weight: float = 0.0
     length_neutral: bool = False
     posterior_temperature: float = 1.0  # of the n-best posterior (softmax of total_score / T); tune fits it
+    decision: str = "map"  # "map": the highest total; "mbr": the least expected errors (pipeline.mbr)
+    mbr_temperature: float = 1.0  # of the posterior MBR weighs with; tune --decision mbr fits it
 
     def save(self, path: Path, extra: dict | None = None) -> None:
         atomic_write_json(Path(path), {"weights": asdict(self), **(extra or {})})
@@ -57,7 +60,7 @@ class Weights:
 
     def numbers(self) -> list[float]:
         return [self.lm_weight, self.length_bonus, self.backward_weight, self.posterior_temperature,
-                *self.score_fields.values()]
+                self.mbr_temperature, *self.score_fields.values()]
 
 
 def is_finite_number(value) -> bool:
@@ -86,8 +89,10 @@ def read_weights_file(path: Path) -> tuple[Weights, dict]:
         raise WeightsFileError(f"{path}: every weight must be a finite number")
     if not isinstance(weights.length_neutral, bool) or not isinstance(weights.score_fields, dict):
         raise WeightsFileError(f"{path}: length_neutral must be true or false, score_fields an object")
-    if not weights.posterior_temperature > 0:
-        raise WeightsFileError(f"{path}: posterior_temperature must be above 0")
+    if not weights.posterior_temperature > 0 or not weights.mbr_temperature > 0:
+        raise WeightsFileError(f"{path}: posterior_temperature and mbr_temperature must be above 0")
+    if weights.decision not in DECISIONS:
+        raise WeightsFileError(f"{path}: decision must be one of {', '.join(DECISIONS)}, got {weights.decision!r}")
     return weights, record
 
 
