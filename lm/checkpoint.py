@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -45,6 +45,7 @@ class LanguageModel:
     path: Path
     config: dict = field(default_factory=dict)
     ngram: NgramModel | None = None
+    rnn_weight_override: float | None = None  # 1.0: the network alone, 0.0: the n-gram alone (see part())
 
     @property
     def direction(self) -> str:
@@ -58,7 +59,19 @@ class LanguageModel:
     @property
     def rnn_weight(self) -> float:
         """The network's share in the mixture with the n-gram (1.0 without one)."""
-        return float(self.config["ngram"]["rnn_weight"]) if self.ngram is not None else 1.0
+        if self.ngram is None:
+            return 1.0
+        if self.rnn_weight_override is not None:
+            return self.rnn_weight_override
+        return float(self.config["ngram"]["rnn_weight"])
+
+    def part(self, name: str) -> LanguageModel:
+        """The same model scoring with one part only: ``"network"`` or ``"ngram"`` (which needs an n-gram)."""
+        if name == "network":
+            return replace(self, rnn_weight_override=1.0)
+        if name == "ngram" and self.ngram is not None:
+            return replace(self, rnn_weight_override=0.0)
+        raise ValueError(f"{self.path}: no {name!r} part (parts: network{', ngram' if self.ngram else ''})")
 
     def mix(self, rnn_logprobs: torch.Tensor, histories: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The model's log-probabilities from the network's: mixed with the n-gram's when there is one.

@@ -242,6 +242,10 @@ def fit_mixture_weight(
 
 
 def mix_logprobs(rnn_logprobs: torch.Tensor, ngram_logprobs: torch.Tensor, weight: float) -> torch.Tensor:
-    """log(w * P_rnn + (1 - w) * P_ngram), elementwise, in float64."""
+    """log(w * P_rnn + (1 - w) * P_ngram), elementwise, in float64 (w = 0 or 1: one part alone)."""
+    if weight <= 0.0:
+        return ngram_logprobs.to(torch.float64)
+    if weight >= 1.0:
+        return rnn_logprobs.to(torch.float64).cpu()
     a = rnn_logprobs.to(torch.float64).cpu() + math.log(weight)
     return torch.logaddexp(a, ngram_logprobs.to(torch.float64) + math.log1p(-weight))

@@ -32,12 +32,16 @@ class PerplexityReport:
     def ppl_char(self) -> float:
         return self.per(self.characters)
 
+    spaced: bool = True  # some sentence has a space: words are meaningful units
+
     @property
-    def ppl_word(self) -> float:
-        return self.per(self.words)
+    def ppl_word(self) -> float | None:
+        """Per word; None for text without spaces (Chinese), where a "word" would be a whole sentence."""
+        return self.per(self.words) if self.spaced else None
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "ppl_token": self.ppl_token, "ppl_char": self.ppl_char, "ppl_word": self.ppl_word}
+        fields = {k: v for k, v in asdict(self).items() if k != "spaced"}
+        return {**fields, "ppl_token": self.ppl_token, "ppl_char": self.ppl_char, "ppl_word": self.ppl_word}
 
 
 def compute_perplexity(scorer: SentenceScorer, sentences: Sequence[str]) -> PerplexityReport:
@@ -49,5 +53,6 @@ def compute_perplexity(scorer: SentenceScorer, sentences: Sequence[str]) -> Perp
         tokens=sum(s.num_tokens for s in scores),
         characters=sum(len(t.replace(" ", "")) + 1 for t in sentences),
         words=sum(len(t.split()) + 1 for t in sentences),
+        spaced=any(" " in t for t in sentences),
     )
 

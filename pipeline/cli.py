@@ -128,18 +128,29 @@ def perplexity(
     """Log-probability and perplexity (per token, character and word) of a text under a model."""
     from lm.data import iter_corpus_lines
     from lm.perplexity import compute_perplexity
+    from lm.scorer import SentenceScorer
     from pipeline.models import load_scorer
 
     model_dir, text = split_model_argument(paths, model, "TEXT")
     if threads < 1:
         raise UsageError(f"--threads must be at least 1, got {threads}")
     scorer = load_scorer(model_dir, threads=threads, device=device)
-    report = compute_perplexity(scorer, list(iter_corpus_lines([text])))
+    sentences = list(iter_corpus_lines([text]))
+    result = compute_perplexity(scorer, sentences).as_dict()
+    parts = ["network", "ngram"] if scorer.lm.ngram is not None else []
+    for part in parts:  # which part carries the model: each scored alone on the same text
+        part_scorer = SentenceScorer(scorer.lm.part(part), batch_tokens=scorer.batch_tokens, threads=threads)
+        result[part] = compute_perplexity(part_scorer, sentences).as_dict()
     if as_json:
-        typer.echo(json.dumps(report.as_dict(), indent=2))
+        typer.echo(json.dumps(result, indent=2))
         return
-    for name, value in report.as_dict().items():
-        typer.echo(f"{name:>12}  {value:,.4f}" if isinstance(value, float) else f"{name:>12}  {value:,}")
+    for name, value in result.items():
+        if isinstance(value, dict):
+            typer.echo(f"{name:>12}  " + ", ".join(f"{k} {v:,.2f}" for k, v in value.items() if k.startswith("ppl_") and v is not None))
+        elif value is None:
+            typer.echo(f"{name:>12}  - (no spaces: no words)")
+        else:
+            typer.echo(f"{name:>12}  {value:,.4f}" if isinstance(value, float) else f"{name:>12}  {value:,}")
 
 
 ScoreFieldsOption = Annotated[
