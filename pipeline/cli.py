@@ -189,6 +189,7 @@ def rescore(
     nbest_out: Annotated[Optional[int], typer.Option(help="Keep the best K hypotheses of each utterance, sorted by rank.")] = None,
     posterior_temperature: Annotated[Optional[float], typer.Option(help="Temperature of each hypothesis's posterior (softmax of total_score / T; default 1 or the tuned one).")] = None,
     decision: Annotated[Optional[str], typer.Option(help="How best is chosen: map (the highest total_score) or mbr (the fewest expected errors under the posterior); default: the weights file's, else map.")] = None,
+    search: Annotated[Optional[str], typer.Option(help="none, or network: best may be any path of the hypotheses' confusion network (weights from 'tune --search network'); default: the weights file's.")] = None,
     allow_other_model: Annotated[bool, typer.Option(help="Apply --weights tuned for another model (or with a backward model this run lacks) anyway.")] = False,
     overwrite_input: Annotated[bool, typer.Option(help="Allow -o to name the input file, replacing it with the result.")] = False,
     debug: DebugOption = False,
@@ -228,6 +229,7 @@ def tune(
     beam_size: BeamSizeOption = None,
     plot: Annotated[Optional[Path], typer.Option(help="Draw the dev error rate along each weight around the chosen point into this PNG (needs matplotlib: the 'plot' extra).")] = None,
     decision: Annotated[str, typer.Option(help="map, or mbr: also fit the temperature of the minimum-Bayes-risk choice, and record it.")] = "map",
+    search: Annotated[str, typer.Option(help="none, or network: also fit the confusion-network search (arc temperature, LM, backward and length weights), and record it.")] = "none",
 ) -> None:
     """Search lm_weight, length_bonus (and field and backward weights) minimising WER/CER on a dev set.
 

@@ -24,7 +24,7 @@ from pipeline.nbest import NbestFormatError, read_nbest
 from pipeline.progress import progress_bar, stderr
 from pipeline.rescore import Rescorer
 from pipeline.weights import (
-    DECISIONS, Weights, check_finite_options, check_tuned_for, model_record, read_weights_file, weights_for_model,
+    DECISIONS, SEARCHES, Weights, check_finite_options, check_tuned_for, model_record, read_weights_file, weights_for_model,
 )
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 def run_rescore(nbest: Path, model, output, weights, lm_weight, length_bonus, score_fields, backward_model,
                 backward_weight, unit, jobs, shard, skip_bad, precision, batch_tokens, threads, device, progress,
                 allow_other_model=False, overwrite_input=False, input_format="auto", references=None, beam_size=None,
-                output_format=None, nbest_out=None, posterior_temperature=None, decision=None) -> None:
+                output_format=None, nbest_out=None, posterior_temperature=None, decision=None, search=None) -> None:
     check_choice("precision", precision, ("fp32", "bf16"))  # the unit is checked by make_rescorer
     check_positive(jobs=jobs, batch_tokens=batch_tokens, threads=threads)
     device = check_device(device)
@@ -129,6 +129,9 @@ def run_rescore(nbest: Path, model, output, weights, lm_weight, length_bonus, sc
                                              backward_weight, allow_other_model, posterior_temperature)
     if decision is not None:
         choice.weights.decision = decision
+    if search is not None:
+        check_choice("search", search, SEARCHES)
+        choice.weights.search = search
     fields_source = "--score-fields" if score_fields is not None else (
         str(choice.path) if choice.path is not None else "the default score fields")
     if choice.path is None and score_fields is None and resolved_format(nbest, input_format) == "kaldi":
@@ -193,11 +196,13 @@ def print_summary(report: EvaluationReport, skipped: int = 0) -> None:
 
 
 def run_tune(dev_nbest, output, model, score_fields, backward_model, unit, precision, threads, device,
-             progress=True, input_format="auto", references=None, beam_size=None, plot=None, decision="map") -> None:
+             progress=True, input_format="auto", references=None, beam_size=None, plot=None, decision="map",
+             search="none") -> None:
     from pipeline.tune import first_pass_fields, tune_weights
 
     check_choice("precision", precision, ("fp32", "bf16"))
     check_choice("decision", decision, DECISIONS)
+    check_choice("search", search, SEARCHES)
     check_positive(threads=threads)
     device = check_device(device)
     for path in (output, plot):
@@ -222,7 +227,7 @@ def run_tune(dev_nbest, output, model, score_fields, backward_model, unit, preci
     for utterance in utterances:
         rescorer.fields.check(utterance, str(dev_nbest))
     with progress_bar(progress, "tuning: scoring") as bar:
-        tuned, figures = tune_weights(rescorer, utterances, unit, progress=bar, decision=decision)
+        tuned, figures = tune_weights(rescorer, utterances, unit, progress=bar, decision=decision, search=search)
     curves = figures.pop("curves")
     tuned.save(output, {"dev": {"file": str(dev_nbest), **figures},
                         **model_record(model_dir, backward_model), "created": now_iso()})
@@ -236,6 +241,9 @@ def run_tune(dev_nbest, output, model, score_fields, backward_model, unit, preci
         f"tuned on {figures['utterances']} utterances: first-pass {label} {100 * figures['first_pass']:.2f}%, "
         f"tuned {100 * figures['tuned']:.2f}%, oracle {100 * figures['oracle']:.2f}%"
     )
+    if "searched" in figures:
+        stderr.print(f"network search: {label} {100 * figures['searched']:.2f}%, "
+                     f"network oracle {100 * figures['network_oracle']:.2f}%")
     stderr.print(f"weights: {json.dumps(tuned.__dict__)} -> {output}")
 
 

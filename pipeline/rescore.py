@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from lm.scorer import SentenceScorer
 from pipeline.fields import FieldPresence
 from pipeline.mbr import mbr_index
+from pipeline.network import SearchWeights, network_candidates
 from pipeline.metrics import detect_unit, split_units
 from pipeline.weights import Weights, untuned_weights
 
@@ -65,6 +66,8 @@ class RescoreResult:
     ranks: list[int]
     backward_logprobs: list[float] | None = None
     posteriors: list[float] | None = None  # softmax of total_score / temperature within the list
+    best_in_input: bool = True  # False when the network search found a text the list does not hold
+    searched: bool = False  # best came from the network search
 
 
 def rank_order(totals: Sequence[float]) -> list[int]:
@@ -124,7 +127,41 @@ class Rescorer:
             bwd = backward[offset : offset + n] if backward else None
             results.append(self.combine(hyps, fwd, bwd))
             offset += n
+        if self.weights.search == "network":
+            self.search_networks(lists, results)
         return results
+
+    def first_pass_score(self, hyp: dict) -> float:
+        return sum(weight * self.field_value(hyp, name) for name, weight in self.weights.score_fields.items())
+
+    def network_candidates(self, hyps: Sequence[dict]) -> tuple[str, dict[str, float]]:
+        """The unit and the searched candidates {text: arc log posterior} of one list (pipeline.network)."""
+        unit = self.unit_for(h["text"] for h in hyps)
+        settings = self.weights.network
+        units = [split_units(h["text"], unit) for h in hyps]
+        scores = [self.first_pass_score(h) for h in hyps]
+        return unit, network_candidates(units, scores, unit, settings["temperature"], int(settings["candidates"]))
+
+    def search_networks(self, lists: Sequence[Sequence[dict]], results: list[RescoreResult]) -> None:
+        """Replace each result's ``best`` with the best candidate of its confusion network."""
+        expanded = [self.network_candidates(hyps) if hyps else None for hyps in lists]
+        known = {h["text"]: (r.lm_logprobs[i], r.backward_logprobs[i] if r.backward_logprobs else None)
+                 for hyps, r in zip(lists, results) for i, h in enumerate(hyps)}
+        new = list(dict.fromkeys(t for item in expanded if item for t in item[1] if t not in known))
+        if new:
+            forward = self.scorer.score(new)
+            backward = self.backward_scorer.score(new) if self.backward_scorer else [None] * len(new)
+            known.update(zip(new, zip(forward, backward)))
+        search = SearchWeights(**{k: self.weights.network[k] for k in ("lm_weight", "backward_weight", "length_bonus")})
+        for hyps, result, item in zip(lists, results, expanded):
+            if item is None:
+                continue
+            unit, candidates = item
+            inputs = {h["text"] for h in hyps}
+            # input texts first, so a tie keeps an input hypothesis
+            ordered = sorted(candidates, key=lambda t: t not in inputs)
+            best = max(ordered, key=lambda t: search.total(candidates[t], *known[t], text_length(t, unit)))
+            result.best, result.best_in_input, result.searched = best, best in inputs, True
 
     def combine(self, hyps: Sequence[dict], forward: list[float], backward: list[float] | None) -> RescoreResult:
         """Total scores and ranks of one list whose LM scores are known."""
@@ -195,3 +232,5 @@ def annotate_utterance(utterance: dict, result: RescoreResult) -> None:
         if result.posteriors is not None:
             hyp["posterior"] = result.posteriors[i]
     utterance["best"] = result.best
+    if result.searched:
+        utterance["best_in_input"] = result.best_in_input

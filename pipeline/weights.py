@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 
 MODEL_WEIGHTS_FILE = "weights.json"  # default weights inside a model directory
 DECISIONS = ("map", "mbr")
+SEARCHES = ("none", "network")
+# temperature: of the first-pass posteriors that weigh the arcs; candidates: paths expanded per list;
+# the rest weigh each candidate's LM scores and length against its arc log posterior (pipeline.network).
+NETWORK_DEFAULTS = {"temperature": 1.0, "candidates": 50, "lm_weight": 1.0, "backward_weight": 0.0,
+                    "length_bonus": 0.0}
 
 
 @dataclass
@@ -48,6 +53,8 @@ class Weights:
     posterior_temperature: float = 1.0  # of the n-best posterior (softmax of total_score / T); tune fits it
     decision: str = "map"  # "map": the highest total; "mbr": the least expected errors (pipeline.mbr)
     mbr_temperature: float = 1.0  # of the posterior MBR weighs with; tune --decision mbr fits it
+    search: str = "none"  # "network": best may be a path of the hypotheses' confusion network (pipeline.network)
+    network: dict = field(default_factory=lambda: dict(NETWORK_DEFAULTS))  # the search's settings
 
     def save(self, path: Path, extra: dict | None = None) -> None:
         atomic_write_json(Path(path), {"weights": asdict(self), **(extra or {})})
@@ -60,7 +67,7 @@ class Weights:
 
     def numbers(self) -> list[float]:
         return [self.lm_weight, self.length_bonus, self.backward_weight, self.posterior_temperature,
-                self.mbr_temperature, *self.score_fields.values()]
+                self.mbr_temperature, *self.score_fields.values(), *self.network.values()]
 
 
 def is_finite_number(value) -> bool:
@@ -91,6 +98,13 @@ def read_weights_file(path: Path) -> tuple[Weights, dict]:
         raise WeightsFileError(f"{path}: length_neutral must be true or false, score_fields an object")
     if not weights.posterior_temperature > 0 or not weights.mbr_temperature > 0:
         raise WeightsFileError(f"{path}: posterior_temperature and mbr_temperature must be above 0")
+    if weights.search not in SEARCHES:
+        raise WeightsFileError(f"{path}: search must be one of {', '.join(SEARCHES)}, got {weights.search!r}")
+    if not isinstance(weights.network, dict) or set(weights.network) - set(NETWORK_DEFAULTS):
+        raise WeightsFileError(f"{path}: network must be an object with {', '.join(NETWORK_DEFAULTS)}")
+    weights.network = {**NETWORK_DEFAULTS, **weights.network}
+    if not weights.network["temperature"] > 0 or weights.network["candidates"] < 1:
+        raise WeightsFileError(f"{path}: network temperature must be above 0 and candidates at least 1")
     if weights.decision not in DECISIONS:
         raise WeightsFileError(f"{path}: decision must be one of {', '.join(DECISIONS)}, got {weights.decision!r}")
     return weights, record

@@ -1,0 +1,153 @@
+"""Searching beyond the n-best list: the hypotheses' confusion network, expanded and rescored.
+
+An n-best list can only return one of its N texts; its hypotheses, aligned slot by slot, hold many
+more (a character from one, the next from another). Per utterance:
+
+1. **Build** the network. Hypotheses of equal length (in units: characters for Chinese, else words)
+   align position by position; otherwise each is aligned to the first-pass best by edit distance
+   (ROVER-style), with a gap slot before, between and after the best's units for insertions and an
+   empty arc for deletions. Each hypothesis puts one arc in every slot; an arc's posterior is the sum
+   of the first-pass posteriors (softmax of the weighted first-pass score / ``temperature``) of the
+   hypotheses that put it there.
+2. **Expand**: the ``candidates`` most probable paths (product of arc posteriors), found exactly,
+   best first, with a heap over per-slot arc choices.
+3. **Rescore** the paths and the input hypotheses together:
+   ``arc_logpost + lm_weight * lm + backward_weight * lm_backward + length_bonus * length``,
+   the LM scores pooled through the same trie engine as plain rescoring. The best of them is the
+   utterance's ``best``; it may be none of the input texts.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pipeline.alignment import align
+
+Label = tuple[str, ...]  # the units an arc adds (empty: the empty arc)
+
+
+@dataclass
+class Network:
+    """Slots of arcs, each arc a label with its posterior; ``paths[h]`` is hypothesis h's label per slot."""
+
+    slots: list[dict[Label, float]]
+    paths: list[list[Label]]
+
+
+def first_pass_posteriors(scores: Sequence[float], temperature: float) -> list[float]:
+    top = max(scores)
+    exps = [math.exp((s - top) / temperature) for s in scores]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def build_network(units: Sequence[Sequence[str]], scores: Sequence[float], temperature: float) -> Network:
+    """The confusion network of one list (see the module docstring); ``units`` per hypothesis."""
+    if not units:
+        return Network([], [])
+    posteriors = first_pass_posteriors(scores, temperature)
+    if len({len(u) for u in units}) == 1:
+        paths = [[(unit,) for unit in hyp] for hyp in units]
+    else:
+        paths = aligned_paths(units, max(range(len(scores)), key=lambda i: (scores[i], -i)))
+    slots: list[dict[Label, float]] = [dict() for _ in paths[0]]
+    for path, posterior in zip(paths, posteriors):
+        for slot, label in zip(slots, path):
+            slot[label] = slot.get(label, 0.0) + posterior
+    keep = [i for i, slot in enumerate(slots) if set(slot) != {()}]  # a gap no hypothesis fills goes
+    return Network([slots[i] for i in keep], [[path[i] for i in keep] for path in paths])
+
+
+def aligned_paths(units: Sequence[Sequence[str]], pivot: int) -> list[list[Label]]:
+    """Each hypothesis as 2n+1 labels against the pivot's n units: gap, unit, gap, unit, ..., gap."""
+    n = len(units[pivot])
+    paths = []
+    for hyp in units:
+        labels: list[list[str]] = [[] for _ in range(2 * n + 1)]
+        position = 0  # pivot units consumed
+        for ref, unit, op in align(units[pivot], hyp):
+            if op == "I":
+                labels[2 * position].append(unit)
+            else:
+                if op != "D":
+                    labels[2 * position + 1].append(unit)
+                position += 1
+        paths.append([tuple(label) for label in labels])
+    return paths
+
+
+def path_logpost(network: Network, path: Sequence[Label]) -> float:
+    return sum(math.log(slot[label]) for slot, label in zip(network.slots, path))
+
+
+def best_paths(network: Network, count: int) -> list[tuple[float, list[Label]]]:
+    """The ``count`` most probable paths, best first: (log posterior, labels). Exact.
+
+    Each slot's arcs are sorted by posterior; a path is a vector of per-slot ranks, and a popped
+    path's successors raise one slot's rank by one (a visited set keeps each vector once).
+    """
+    if not network.slots:
+        return [(0.0, [])]
+    ranked = [sorted(slot.items(), key=lambda item: (-item[1], item[0])) for slot in network.slots]
+    logs = [[math.log(p) for _, p in arcs] for arcs in ranked]
+    start = (0,) * len(ranked)
+    heap = [(-sum(log[0] for log in logs), start)]
+    seen = {start}
+    found = []
+    while heap and len(found) < count:
+        negative, vector = heapq.heappop(heap)
+        found.append((-negative, [ranked[s][r][0] for s, r in enumerate(vector)]))
+        for s, r in enumerate(vector):
+            if r + 1 < len(ranked[s]):
+                successor = vector[:s] + (r + 1,) + vector[s + 1:]
+                if successor not in seen:
+                    seen.add(successor)
+                    heapq.heappush(heap, (negative - logs[s][r + 1] + logs[s][r], successor))
+    return found
+
+
+def join_units(labels: Sequence[Label], unit: str) -> str:
+    units = [u for label in labels for u in label]
+    return ("" if unit == "char" else " ").join(units)
+
+
+def network_candidates(units: Sequence[Sequence[str]], scores: Sequence[float], unit: str, temperature: float,
+                       count: int) -> dict[str, float]:
+    """{text: arc log posterior} of the best ``count`` paths and of every input hypothesis's own path
+    (a text reached by several paths keeps its best)."""
+    network = build_network(units, scores, temperature)
+    candidates: dict[str, float] = {}
+    for logpost, labels in best_paths(network, count):
+        text = join_units(labels, unit)
+        candidates[text] = max(candidates.get(text, -math.inf), logpost)
+    for path in network.paths:
+        text = join_units(path, unit)
+        candidates[text] = max(candidates.get(text, -math.inf), path_logpost(network, path))
+    return candidates
+
+
+@dataclass
+class SearchWeights:
+    """How a searched candidate is scored: its arc log posterior (weight 1) plus these terms."""
+
+    lm_weight: float = 1.0
+    backward_weight: float = 0.0
+    length_bonus: float = 0.0
+
+    def total(self, logpost: float, lm: float, backward: float | None, length: int) -> float:
+        return (logpost + self.lm_weight * lm + self.length_bonus * length
+                + (self.backward_weight * backward if backward is not None else 0.0))
+
+
+def slot_alternatives(network: Network, labels: Sequence[Label], top: int = 4) -> list[tuple[int, Label, float]]:
+    """Single-slot changes of a path: (slot, other label, change in arc log posterior), the ``top``
+    most probable other arcs of each slot that has any."""
+    changes = []
+    for index, (slot, current) in enumerate(zip(network.slots, labels)):
+        others = sorted(((p, label) for label, p in slot.items() if label != current), reverse=True)[:top]
+        for p, label in others:
+            changes.append((index, label, math.log(p) - math.log(slot[current])))
+    return changes

@@ -1,0 +1,66 @@
+"""Plain rescoring against the confusion-network search, tuned on one random half of a dev file and
+measured on the other (the CLI end to end), with the rescoring time of each:
+
+    python scripts/compare_search.py ../shared/data/zh-rmrb/dev.nbest.json [-m MODEL_DIR] [--splits 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def cli(*args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True)
+    if result.returncode:
+        sys.exit(result.stderr)
+    return result.stdout
+
+
+def rescored_rate(source: Path, weights: Path, model: list[str], search: str, out: Path) -> tuple[float, float]:
+    started = time.monotonic()
+    cli("rescore", str(source), *model, "--weights", str(weights), "--search", search, "-o", str(out), "--no-progress")
+    elapsed = time.monotonic() - started
+    return json.loads(cli("evaluate", str(out), "--json"))["rescored"]["rate"], elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dev", type=Path)
+    parser.add_argument("-m", "--model", type=Path)
+    parser.add_argument("--splits", type=int, default=3)
+    args = parser.parse_args()
+    model = ["-m", str(args.model)] if args.model else []
+    utterances = json.loads(args.dev.read_text(encoding="utf-8"))["utterances"]
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
+        for seed in range(args.splits):
+            order = list(range(len(utterances)))
+            random.Random(seed).shuffle(order)
+            halves = [sorted(order[: len(order) // 2]), sorted(order[len(order) // 2:])]
+            tune_file, test_file = tmp / f"tune{seed}.json", tmp / f"test{seed}.json"
+            for path, half in zip((tune_file, test_file), halves):
+                path.write_text(json.dumps({"utterances": [utterances[i] for i in half]}, ensure_ascii=False))
+            weights = tmp / f"w{seed}.json"
+            cli("tune", str(tune_file), *model, "-o", str(weights), "--search", "network", "--no-progress")
+            plain, plain_s = rescored_rate(test_file, weights, model, "none", tmp / "plain.json")
+            searched, search_s = rescored_rate(test_file, weights, model, "network", tmp / "searched.json")
+            inputs = sum(not u.get("best_in_input", True)
+                         for u in json.loads((tmp / "searched.json").read_text())["utterances"])
+            rows.append((plain, searched, search_s / plain_s))
+            print(f"split {seed}: plain {100 * plain:.2f}%, network search {100 * searched:.2f}% "
+                  f"({inputs} bests not in the list), time x{search_s / plain_s:.2f}")
+    print(f"mean of {args.splits}: plain {100 * statistics.mean(r[0] for r in rows):.2f}%, "
+          f"search {100 * statistics.mean(r[1] for r in rows):.2f}%, time x{statistics.mean(r[2] for r in rows):.2f}")
+
+
+if __name__ == "__main__":
+    main()

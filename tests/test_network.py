@@ -1,0 +1,95 @@
+"""The confusion network of an n-best list, its best paths, and the search through the CLI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.network import best_paths, build_network, join_units, network_candidates, path_logpost
+from pipeline.rescore import Rescorer, Weights
+from test_cli import write_json
+from test_rescore import TableScorer
+
+runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("restore_logging")
+
+
+def test_the_network_of_identical_hypotheses_is_a_chain():
+    network = build_network([list("历史重演")] * 3, [-1.0, -2.0, -3.0], temperature=1.0)
+    assert [list(slot) for slot in network.slots] == [[("历",)], [("史",)], [("重",)], [("演",)]]
+    assert all(slot[label] == pytest.approx(1.0) for slot in network.slots for label in slot)
+
+
+def test_equal_lengths_align_by_position_with_first_pass_posteriors():
+    network = build_network([list("ab"), list("xb"), list("ay")], [0.0, math.log(0.5), math.log(0.25)], 1.0)
+    p = [1 / 1.75, 0.5 / 1.75, 0.25 / 1.75]
+    assert network.slots[0] == pytest.approx({("a",): p[0] + p[2], ("x",): p[1]})
+    assert network.slots[1] == pytest.approx({("b",): p[0] + p[1], ("y",): p[2]})
+
+
+def test_unequal_lengths_align_to_the_first_pass_best_with_gaps_and_empty_arcs():
+    units = [["the", "light", "was", "good"], ["the", "light", "good"], ["the", "big", "light", "was", "good"]]
+    network = build_network(units, [0.0, -1.0, -2.0], temperature=1.0)
+    texts = {join_units(path, "word") for path in network.paths}
+    assert texts == {" ".join(u) for u in units}  # every hypothesis is a path of its network
+    assert any(() in slot and ("was",) in slot for slot in network.slots)  # the deletion: an empty arc
+    assert any(("big",) in slot for slot in network.slots)  # the insertion: a gap slot
+
+
+def exhaustive(network):
+    paths = []
+    for labels in itertools.product(*[list(slot) for slot in network.slots]):
+        paths.append((path_logpost(network, labels), list(labels)))
+    return sorted(paths, key=lambda item: -item[0])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_best_paths_equal_exhaustive_enumeration(seed):
+    import random
+
+    rng = random.Random(seed)
+    units = [[rng.choice("abc") for _ in range(4)] for _ in range(6)]
+    network = build_network(units, [rng.uniform(-3, 0) for _ in units], temperature=1.0)
+    everything = exhaustive(network)
+    found = best_paths(network, len(everything) + 5)
+    assert len(found) == len(everything)
+    assert [lp for lp, _ in found] == pytest.approx([lp for lp, _ in everything])
+    assert best_paths(network, 1)[0][1] == everything[0][1]
+
+
+def test_with_a_zero_lm_weight_the_search_returns_the_arc_posterior_best_path():
+    # posteriors 0.4, 0.3, 0.3: slot 1 "a" (0.4) wins, slot 2 "x" (0.6): "a x", none of the inputs
+    texts, scores = ["a y", "b x", "c x"], [0.0, math.log(0.3 / 0.4), math.log(0.3 / 0.4)]
+    weights = Weights(lm_weight=0.0, search="network",
+                      network={"temperature": 1.0, "candidates": 10, "lm_weight": 0.0, "backward_weight": 0.0,
+                               "length_bonus": 0.0})
+    result = Rescorer(TableScorer({}), weights).rescore(texts, scores)
+    network = build_network([t.split() for t in texts], scores, 1.0)
+    assert result.best == join_units(best_paths(network, 1)[0][1], "word") == "a x"
+    assert not result.best_in_input and result.searched
+    assert result.ranks == [1, 2, 3]  # the input hypotheses keep their ranking
+
+
+def test_candidates_hold_every_input_hypothesis():
+    units = [list("abc"), list("abd"), list("xbc")]
+    candidates = network_candidates(units, [0.0, -1.0, -2.0], "char", 1.0, count=2)
+    assert {"abc", "abd", "xbc"} <= set(candidates)
+
+
+def test_tune_with_search_records_it_and_rescore_applies_it(trained_model_dir, tmp_path):
+    source = write_json(tmp_path / "dev.json")
+    weights = tmp_path / "w.json"
+    result = runner.invoke(app, ["tune", str(source), "-m", str(trained_model_dir), "-o", str(weights),
+                                 "--search", "network"])
+    assert result.exit_code == 0, result.output
+    tuned = json.loads(weights.read_text())
+    assert tuned["weights"]["search"] == "network" and tuned["weights"]["network"]["candidates"] == 50
+    assert tuned["dev"]["network_oracle"] <= tuned["dev"]["oracle"]
+    applied = runner.invoke(app, ["rescore", str(source), "-m", str(trained_model_dir), "--weights", str(weights)])
+    assert applied.exit_code == 0, applied.output
+    assert all(isinstance(u["best_in_input"], bool) for u in json.loads(applied.stdout)["utterances"])
