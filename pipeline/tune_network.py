@@ -1,0 +1,85 @@
+"""Fitting the confusion-network search (pipeline.network) on a dev set, after the usual weights."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections.abc import Sequence
+
+import torch
+
+from pipeline.metrics import error_counts
+from pipeline.rescore import Rescorer, text_length
+from pipeline.tune import DevSet, search_weights
+
+log = logging.getLogger(__name__)
+
+
+NETWORK_TEMPERATURES = (0.25, 0.5, 1.0, 2.0, 4.0)  # times the lists' median spread of first-pass scores
+
+
+def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, candidates: int = 50,
+                 progress=None) -> tuple[dict, dict]:
+    """Fit the network search (pipeline.network) on a dev set, the first-pass fields' weights as tuned.
+
+    For each arc temperature on a grid, expand every list, score the new texts (each text once over
+    the whole grid), and search the candidates' LM, backward and length weights that minimise errors
+    (the arc log posterior held at 1). Returns the settings and figures (errors, the network oracle).
+    """
+    lists = [u["hypotheses"] for u in utterances]
+    first_pass = [[rescorer.first_pass_score(h) for h in hyps] for hyps in lists]
+    spreads = [statistics.pstdev(s) for s in first_pass if len(s) > 1]
+    scale = statistics.median(spreads) if spreads and statistics.median(spreads) > 0 else 1.0
+    cache: dict[str, tuple[float, float | None]] = {}
+    best = None
+    for k, factor in enumerate(NETWORK_TEMPERATURES):
+        rescorer.weights.network = {**rescorer.weights.network, "temperature": scale * factor,
+                                    "candidates": candidates}
+        expanded = [rescorer.network_candidates(hyps)[1] if hyps else {} for hyps in lists]
+        score_new_texts(rescorer, [t for c in expanded for t in c], cache)
+        dev = network_dev_set(expanded, utterances, cache, unit, rescorer.backward_scorer is not None)
+        vector, errors = search_weights(dev, dev.names[1:])
+        oracle = int(dev.errors.masked_fill(~dev.valid, 10 ** 9).min(dim=1).values.sum())
+        log.info("network search, temperature %.3g: %d errors (network oracle %d)", scale * factor, errors, oracle)
+        if best is None or errors < best[0]:
+            best = (errors, scale * factor, vector, dev, oracle)
+        if progress:
+            progress.advance(1)
+    errors, temperature, vector, dev, oracle = best
+    values = dict(zip(dev.names, vector.tolist()))
+    settings = {"temperature": temperature, "candidates": candidates, "lm_weight": values["lm_weight"],
+                "backward_weight": values.get("backward_weight", 0.0), "length_bonus": values["length_bonus"]}
+    units = max(dev.reference_units, 1)
+    return settings, {"search_errors": errors, "searched": errors / units, "network_oracle": oracle / units}
+
+
+def score_new_texts(rescorer: Rescorer, texts: list[str], cache: dict) -> None:
+    new = list(dict.fromkeys(t for t in texts if t not in cache))
+    if not new:
+        return
+    forward = rescorer.scorer.score(new)
+    backward = rescorer.backward_scorer.score(new) if rescorer.backward_scorer else [None] * len(new)
+    cache.update(zip(new, zip(forward, backward)))
+
+
+def network_dev_set(expanded: list[dict[str, float]], utterances: Sequence[dict], cache: dict, unit: str,
+                    with_backward: bool) -> DevSet:
+    """The searched candidates of every list as a DevSet: arc log posterior, LM, length (, backward)."""
+    names = ["field:arc", "lm_weight", "length_bonus"] + (["backward_weight"] if with_backward else [])
+    U, H = len(expanded), max(1, max((len(c) for c in expanded), default=0))
+    features = torch.zeros(U, H, len(names), dtype=torch.float64)
+    errors = torch.zeros(U, H, dtype=torch.int64)
+    valid = torch.zeros(U, H, dtype=torch.bool)
+    reference_units = 0
+    for u, (candidates, utterance) in enumerate(zip(expanded, utterances)):
+        reference = utterance["reference"]
+        empty = error_counts(reference, "", unit)
+        reference_units += empty.ref_len
+        errors[u, 0] = empty.errors
+        for h, (text, logpost) in enumerate(candidates.items()):
+            lm, backward = cache[text]
+            row = [logpost, lm, text_length(text, unit)] + ([backward] if with_backward else [])
+            features[u, h] = torch.tensor(row, dtype=torch.float64)
+            errors[u, h] = error_counts(reference, text, unit).errors
+            valid[u, h] = True
+    return DevSet(names, features, errors, valid, reference_units)
