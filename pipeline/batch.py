@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import UsageError
-from pipeline.nbest import (
-    NbestFormatError, NbestWriter, ReadReport, count_lines, detect_layout, iter_positioned, iter_utterances, output_layout,
-)
+from pipeline.nbest import NbestFormatError, ReadReport, count_lines, detect_layout, iter_positioned, iter_utterances
+from pipeline.nbest_writer import NbestWriter, output_layout
 from pipeline.rescore import Rescorer
 
 log = logging.getLogger(__name__)

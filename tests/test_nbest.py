@@ -12,13 +12,12 @@ from hypothesis import strategies as st
 
 from pipeline.nbest import (
     NbestFormatError,
-    NbestWriter,
     ReadReport,
     detect_layout,
     iter_utterances,
     read_nbest,
-    write_nbest,
 )
+from pipeline.nbest_writer import NbestWriter, write_nbest
 
 UTTERANCES = [
     {

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lm.scorer import SentenceScorer
-from pipeline.nbest import read_nbest, write_nbest
+from pipeline.nbest import read_nbest
+from pipeline.nbest_writer import write_nbest
 from pipeline.rescore import Rescorer, Weights
 
 SETTINGS = settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
