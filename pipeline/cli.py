@@ -126,7 +126,7 @@ def perplexity(
     device: DeviceOption = "cpu",
 ) -> None:
     """Log-probability and perplexity (per token, character and word) of a text under a model."""
-    from lm.data import iter_corpus_lines
+    from lm.data import CorpusError, iter_corpus_lines
     from lm.perplexity import compute_perplexity
     from lm.scorer import SentenceScorer
     from pipeline.models import load_scorer
@@ -136,6 +136,8 @@ def perplexity(
         raise UsageError(f"--threads must be at least 1, got {threads}")
     scorer = load_scorer(model_dir, threads=threads, device=device)
     sentences = list(iter_corpus_lines([text]))
+    if not sentences:
+        raise CorpusError(f"{text}: no sentences (empty lines only); nothing to measure")
     result = compute_perplexity(scorer, sentences).as_dict()
     parts = ["network", "ngram"] if scorer.lm.ngram is not None else []
     for part in parts:  # which part carries the model: each scored alone on the same text

@@ -27,6 +27,8 @@ def run_train(corpus, output, valid, valid_fraction, exclude, vocab_size, model_
     from lm.session import TrainConfig
     from lm.tokenizer import TokenizerConfig
 
+    if Path(output).exists() and not Path(output).is_dir():
+        raise UsageError(f"-o {output}: is a file, expected a model directory (new, or an earlier run's with --resume)")
     if direction not in DIRECTIONS:
         raise UsageError(f"--direction must be auto, both, forward or backward, got {direction!r}")
     model_settings = dict(

@@ -254,3 +254,18 @@ def test_a_weights_file_without_a_fingerprint_is_checked_by_the_model_path(train
     assert invoke("rescore", str(source), "-m", str(trained_model_dir), "--weights", str(weights)).exit_code == 0
     result = invoke("rescore", str(source), "-m", str(other_model_dir), "--weights", str(weights))
     assert f"tuned for the model {trained_model_dir}, but this run uses {other_model_dir}" in assert_user_error(result)
+
+
+def test_perplexity_of_an_empty_text_is_an_input_error(trained_model_dir, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    result = runner.invoke(app, ["perplexity", str(trained_model_dir), str(empty)])
+    assert assert_user_error(result) == f"error: {empty}: no sentences (empty lines only); nothing to measure"
+
+
+def test_train_into_a_file_is_refused_before_any_work(corpus_file, tmp_path):
+    target = tmp_path / "model.json"
+    target.write_text("{}")
+    result = runner.invoke(app, ["train", str(corpus_file), "-o", str(target)])
+    assert "is a file, expected a model directory" in assert_user_error(result, code=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json"]
