@@ -94,7 +94,7 @@ def build_data(
         stats["excluded_lines"] = dropped
     stats["train"]["tokens"], stats["valid"]["tokens"] = train.num_tokens, valid.num_tokens
     stats["character_coverage"] = tokenizer_config.character_coverage
-    stats["files"] = [str(p) for p in corpus_paths]
+    stats["files"] = [str(Path(p).resolve()) for p in corpus_paths]  # absolute: config.json outlives the cwd
     atomic.atomic_write_json(work_dir / "statistics.json", stats)  # last: it marks the data as complete
 
 

@@ -149,7 +149,7 @@ def test_config_records_version_command_line_time_and_absolute_corpus_paths(tmp_
     recorded = json.loads((out / "config.json").read_text())
     assert recorded["package_version"] and recorded["created"].endswith("+00:00")
     assert recorded["command_line"] == ["asr-rescore", *arguments]
-    assert recorded["corpus_files"] == [str(corpus.resolve())]
+    assert recorded["corpus_files"] == recorded["corpus"]["files"] == [str(corpus.resolve())]
 
 
 def test_metrics_record_the_training_loss_every_50_steps(tmp_path, corpus):
