@@ -115,18 +115,17 @@ def join_units(labels: Sequence[Label], unit: str) -> str:
 
 
 def network_candidates(units: Sequence[Sequence[str]], scores: Sequence[float], unit: str, temperature: float,
-                       count: int) -> dict[str, float]:
-    """{text: arc log posterior} of the best ``count`` paths and of every input hypothesis's own path
-    (a text reached by several paths keeps its best)."""
+                       count: int) -> tuple[Network, dict[str, tuple[float, list[Label]]]]:
+    """The network and {text: (arc log posterior, labels)} of its best ``count`` paths and of every input
+    hypothesis's own path (a text reached by several paths keeps its best)."""
     network = build_network(units, scores, temperature)
-    candidates: dict[str, float] = {}
-    for logpost, labels in best_paths(network, count):
+    candidates: dict[str, tuple[float, list[Label]]] = {}
+    paths = best_paths(network, count) + [(path_logpost(network, path), path) for path in network.paths]
+    for logpost, labels in paths:
         text = join_units(labels, unit)
-        candidates[text] = max(candidates.get(text, -math.inf), logpost)
-    for path in network.paths:
-        text = join_units(path, unit)
-        candidates[text] = max(candidates.get(text, -math.inf), path_logpost(network, path))
-    return candidates
+        if text not in candidates or logpost > candidates[text][0]:
+            candidates[text] = (logpost, list(labels))
+    return network, candidates
 
 
 @dataclass

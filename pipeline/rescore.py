@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from lm.scorer import SentenceScorer
 from pipeline.fields import FieldPresence
 from pipeline.mbr import mbr_index
-from pipeline.network import SearchWeights, network_candidates
+from pipeline.network import SearchWeights, join_units, network_candidates, slot_alternatives
 from pipeline.metrics import detect_unit, split_units
 from pipeline.weights import Weights, untuned_weights
 
@@ -134,34 +134,66 @@ class Rescorer:
     def first_pass_score(self, hyp: dict) -> float:
         return sum(weight * self.field_value(hyp, name) for name, weight in self.weights.score_fields.items())
 
-    def network_candidates(self, hyps: Sequence[dict]) -> tuple[str, dict[str, float]]:
-        """The unit and the searched candidates {text: arc log posterior} of one list (pipeline.network)."""
+    def network_candidates(self, hyps: Sequence[dict]):
+        """The unit, the network and the candidates {text: (arc log posterior, labels)} of one list."""
         unit = self.unit_for(h["text"] for h in hyps)
         settings = self.weights.network
         units = [split_units(h["text"], unit) for h in hyps]
         scores = [self.first_pass_score(h) for h in hyps]
-        return unit, network_candidates(units, scores, unit, settings["temperature"], int(settings["candidates"]))
+        network, candidates = network_candidates(units, scores, unit, settings["temperature"],
+                                                 int(settings["candidates"]))
+        return unit, network, candidates
 
-    def search_networks(self, lists: Sequence[Sequence[dict]], results: list[RescoreResult]) -> None:
-        """Replace each result's ``best`` with the best candidate of its confusion network."""
-        expanded = [self.network_candidates(hyps) if hyps else None for hyps in lists]
-        known = {h["text"]: (r.lm_logprobs[i], r.backward_logprobs[i] if r.backward_logprobs else None)
-                 for hyps, r in zip(lists, results) for i, h in enumerate(hyps)}
-        new = list(dict.fromkeys(t for item in expanded if item for t in item[1] if t not in known))
+    def score_texts(self, texts: Iterable[str], known: dict) -> None:
+        """Add the forward (and backward) LM scores of the texts ``known`` lacks, in one pooled pass."""
+        new = list(dict.fromkeys(t for t in texts if t not in known))
         if new:
             forward = self.scorer.score(new)
             backward = self.backward_scorer.score(new) if self.backward_scorer else [None] * len(new)
             known.update(zip(new, zip(forward, backward)))
-        search = SearchWeights(**{k: self.weights.network[k] for k in ("lm_weight", "backward_weight", "length_bonus")})
-        for hyps, result, item in zip(lists, results, expanded):
+
+    def search_networks(self, lists: Sequence[Sequence[dict]], results: list[RescoreResult]) -> None:
+        """Replace each result's ``best`` with the best candidate of its confusion network, then improve it
+        by single-slot changes for ``network["passes"]`` rounds (each round's variants scored together)."""
+        expanded = [self.network_candidates(hyps) if hyps else None for hyps in lists]
+        known = {h["text"]: (r.lm_logprobs[i], r.backward_logprobs[i] if r.backward_logprobs else None)
+                 for hyps, r in zip(lists, results) for i, h in enumerate(hyps)}
+        self.score_texts((t for item in expanded if item for t in item[2]), known)
+        settings = self.weights.network
+        search = SearchWeights(**{k: settings[k] for k in ("lm_weight", "backward_weight", "length_bonus")})
+        current = {}
+        for k, (hyps, item) in enumerate(zip(lists, expanded)):
             if item is None:
                 continue
-            unit, candidates = item
+            unit, network, candidates = item
             inputs = {h["text"] for h in hyps}
-            # input texts first, so a tie keeps an input hypothesis
-            ordered = sorted(candidates, key=lambda t: t not in inputs)
-            best = max(ordered, key=lambda t: search.total(candidates[t], *known[t], text_length(t, unit)))
-            result.best, result.best_in_input, result.searched = best, best in inputs, True
+            ordered = sorted(candidates, key=lambda t: t not in inputs)  # a tie keeps an input hypothesis
+            totals = {t: search.total(candidates[t][0], *known[t], text_length(t, unit)) for t in ordered}
+            best = max(ordered, key=totals.get)
+            current[k] = (totals[best], best, *candidates[best])
+        for _ in range(int(settings.get("passes", 0))):
+            if not self.improve_once(current, expanded, known, search):
+                break
+        for k, (_, best, _, _) in current.items():
+            inputs = {h["text"] for h in lists[k]}
+            results[k].best, results[k].best_in_input, results[k].searched = best, best in inputs, True
+
+    def improve_once(self, current: dict, expanded: list, known: dict, search: SearchWeights) -> bool:
+        """One round of local search: every single-slot change of each current best, the best kept if better."""
+        variants = []
+        for k, (_, _, logpost, labels) in current.items():
+            unit, network, _ = expanded[k]
+            for slot, label, change in slot_alternatives(network, labels):
+                changed = labels[:slot] + [label] + labels[slot + 1:]
+                variants.append((k, join_units(changed, unit), logpost + change, changed))
+        self.score_texts((v[1] for v in variants), known)
+        improved = False
+        for k, text, logpost, labels in variants:
+            total = search.total(logpost, *known[text], text_length(text, expanded[k][0]))
+            if total > current[k][0] + 1e-9:
+                current[k] = (total, text, logpost, labels)
+                improved = True
+        return improved
 
     def combine(self, hyps: Sequence[dict], forward: list[float], backward: list[float] | None) -> RescoreResult:
         """Total scores and ranks of one list whose LM scores are known."""

@@ -35,7 +35,8 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
     for k, factor in enumerate(NETWORK_TEMPERATURES):
         rescorer.weights.network = {**rescorer.weights.network, "temperature": scale * factor,
                                     "candidates": candidates}
-        expanded = [rescorer.network_candidates(hyps)[1] if hyps else {} for hyps in lists]
+        expanded = [{t: lp for t, (lp, _) in rescorer.network_candidates(hyps)[2].items()} if hyps else {}
+                    for hyps in lists]
         score_new_texts(rescorer, [t for c in expanded for t in c], cache)
         dev = network_dev_set(expanded, utterances, cache, unit, rescorer.backward_scorer is not None)
         vector, errors = search_weights(dev, dev.names[1:])

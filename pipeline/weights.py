@@ -33,8 +33,9 @@ DECISIONS = ("map", "mbr")
 SEARCHES = ("none", "network")
 # temperature: of the first-pass posteriors that weigh the arcs; candidates: paths expanded per list;
 # the rest weigh each candidate's LM scores and length against its arc log posterior (pipeline.network).
+# passes: rounds of single-slot changes around the best candidate (0: none), scored with the same weights.
 NETWORK_DEFAULTS = {"temperature": 1.0, "candidates": 50, "lm_weight": 1.0, "backward_weight": 0.0,
-                    "length_bonus": 0.0}
+                    "length_bonus": 0.0, "passes": 0}
 
 
 @dataclass

@@ -77,7 +77,7 @@ def test_with_a_zero_lm_weight_the_search_returns_the_arc_posterior_best_path():
 
 def test_candidates_hold_every_input_hypothesis():
     units = [list("abc"), list("abd"), list("xbc")]
-    candidates = network_candidates(units, [0.0, -1.0, -2.0], "char", 1.0, count=2)
+    _, candidates = network_candidates(units, [0.0, -1.0, -2.0], "char", 1.0, count=2)
     assert {"abc", "abd", "xbc"} <= set(candidates)
 
 
@@ -93,3 +93,15 @@ def test_tune_with_search_records_it_and_rescore_applies_it(trained_model_dir, t
     applied = runner.invoke(app, ["rescore", str(source), "-m", str(trained_model_dir), "--weights", str(weights)])
     assert applied.exit_code == 0, applied.output
     assert all(isinstance(u["best_in_input"], bool) for u in json.loads(applied.stdout)["utterances"])
+
+
+@pytest.mark.parametrize("passes", [0, 2])
+def test_local_search_reaches_a_path_the_lm_prefers_beyond_the_expanded_candidates(passes):
+    """Inputs "ab" and "xy"; one expanded path ("ab"); the LM prefers "ay", one slot change away."""
+    scorer = TableScorer({"ay": -1.0}, default=-20.0)
+    settings = {"temperature": 1.0, "candidates": 1, "lm_weight": 1.0, "backward_weight": 0.0, "length_bonus": 0.0,
+                "passes": passes}
+    rescorer = Rescorer(scorer, Weights(search="network", network=settings), unit="char")
+    result = rescorer.rescore(["ab", "xy"], [0.0, -1.0])
+    assert result.best == ("ay" if passes else "ab")
+    assert result.best_in_input == (not passes)
