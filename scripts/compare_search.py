@@ -1,7 +1,7 @@
 """Plain rescoring against the confusion-network search, tuned on one random half of a dev file and
 measured on the other (the CLI end to end), with the rescoring time of each:
 
-    python scripts/compare_search.py ../shared/data/zh-rmrb/dev.nbest.json [-m MODEL_DIR] [--splits 3]
+    python scripts/compare_search.py ../shared/data/zh-rmrb/dev.nbest.json [-m MODEL_DIR] [--splits 3] [--passes 2]
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("dev", type=Path)
     parser.add_argument("-m", "--model", type=Path)
     parser.add_argument("--splits", type=int, default=3)
+    parser.add_argument("--passes", type=int, default=0, help="rounds of single-slot changes (network passes)")
     args = parser.parse_args()
     model = ["-m", str(args.model)] if args.model else []
     utterances = json.loads(args.dev.read_text(encoding="utf-8"))["utterances"]
@@ -51,6 +52,9 @@ def main() -> None:
                 path.write_text(json.dumps({"utterances": [utterances[i] for i in half]}, ensure_ascii=False))
             weights = tmp / f"w{seed}.json"
             cli("tune", str(tune_file), *model, "-o", str(weights), "--search", "network", "--no-progress")
+            tuned = json.loads(weights.read_text())
+            tuned["weights"]["network"]["passes"] = args.passes
+            weights.write_text(json.dumps(tuned))
             plain, plain_s = rescored_rate(test_file, weights, model, "none", tmp / "plain.json")
             searched, search_s = rescored_rate(test_file, weights, model, "network", tmp / "searched.json")
             inputs = sum(not u.get("best_in_input", True)
