@@ -1,4 +1,5 @@
-"""Writing files whole or not at all: a temporary file beside the target, fsynced, then renamed.
+"""Files: writing them whole or not at all (a temporary file beside the target, fsynced, then renamed),
+and naming their content (sha256).
 
 A run killed at any moment (SIGKILL included) leaves either the old file or the new one, never a
 mix. Callers use ``atomic.atomic_write_bytes(...)`` through the module, so a test can slow every
@@ -7,6 +8,7 @@ write down in one place.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -37,3 +39,12 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, data: dict) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read a megabyte at a time: the same content wherever it lives."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

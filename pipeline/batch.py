@@ -6,7 +6,6 @@ at most ``2 * jobs`` chunks are in flight. Output order is input order.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 from collections.abc import Iterable, Iterator
@@ -14,6 +13,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from lm.atomic import file_sha256
 from pipeline.errors import UsageError
 from pipeline.nbest import NbestFormatError, ReadReport, count_lines, detect_layout, iter_positioned, iter_utterances
 from pipeline.nbest_writer import NbestWriter, output_layout
@@ -173,14 +173,6 @@ def checked(utterances: Iterable[dict], check, where: str) -> Iterator[dict]:
     for utterance in utterances:
         check(utterance, where)
         yield utterance
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def shard_record(input_path: Path, shard: Shard, report: ReadReport, written: int) -> dict:

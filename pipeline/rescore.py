@@ -110,13 +110,13 @@ class Rescorer:
         hypotheses = [{"text": text, "score": float(score)} for text, score in zip(texts, scores, strict=True)]
         return self.rescore_batch([hypotheses])[0]
 
-    def rescore_batch(self, lists: Sequence[Sequence[dict]]) -> list[RescoreResult]:
+    def rescore_batch(self, lists: Sequence[Sequence[dict]], ids: Sequence[str] | None = None) -> list[RescoreResult]:
         """Rescore many n-best lists (each a list of hypothesis dicts) with one pooled LM pass.
 
         Raises ScoreFieldError when a weighted first-pass field is on some hypotheses and not on others.
         """
         for number, hyps in enumerate(lists, 1):
-            self.fields.check({"id": f"#{number}", "hypotheses": hyps})
+            self.fields.check({"id": ids[number - 1] if ids else f"#{number}", "hypotheses": hyps})
         texts = [h["text"] for hyps in lists for h in hyps]
         forward = self.scorer.score(texts)
         backward = self.backward_scorer.score(texts) if self.backward_scorer else None
@@ -232,7 +232,6 @@ class Rescorer:
         chunk: list[dict] = []
         size = 0
         for utterance in utterances:
-            self.fields.check(utterance)
             chunk.append(utterance)
             size += len(utterance["hypotheses"])
             if size >= self.chunk_hypotheses:
@@ -242,7 +241,7 @@ class Rescorer:
             yield from self.annotate(chunk, progress)
 
     def annotate(self, chunk: list[dict], progress=None) -> list[dict]:
-        results = self.rescore_batch([u["hypotheses"] for u in chunk])
+        results = self.rescore_batch([u["hypotheses"] for u in chunk], [u["id"] for u in chunk])
         for utterance, result in zip(chunk, results):
             annotate_utterance(utterance, result)
         if progress:

@@ -37,7 +37,7 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
                                     "candidates": candidates}
         expanded = [{t: lp for t, (lp, _) in rescorer.network_candidates(hyps)[2].items()} if hyps else {}
                     for hyps in lists]
-        score_new_texts(rescorer, [t for c in expanded for t in c], cache)
+        rescorer.score_texts((t for c in expanded for t in c), cache)
         dev = network_dev_set(expanded, utterances, cache, unit, rescorer.backward_scorer is not None)
         vector, errors = search_weights(dev, dev.names[1:])
         oracle = int(dev.errors.masked_fill(~dev.valid, 10 ** 9).min(dim=1).values.sum())
@@ -52,15 +52,6 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
                 "backward_weight": values.get("backward_weight", 0.0), "length_bonus": values["length_bonus"]}
     units = max(dev.reference_units, 1)
     return settings, {"search_errors": errors, "searched": errors / units, "network_oracle": oracle / units}
-
-
-def score_new_texts(rescorer: Rescorer, texts: list[str], cache: dict) -> None:
-    new = list(dict.fromkeys(t for t in texts if t not in cache))
-    if not new:
-        return
-    forward = rescorer.scorer.score(new)
-    backward = rescorer.backward_scorer.score(new) if rescorer.backward_scorer else [None] * len(new)
-    cache.update(zip(new, zip(forward, backward)))
 
 
 def network_dev_set(expanded: list[dict[str, float]], utterances: Sequence[dict], cache: dict, unit: str,

@@ -15,14 +15,13 @@ Options (``--lm-weight``, ``--length-bonus``, ...) then override single values.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lm.atomic import atomic_write_json
+from lm.atomic import atomic_write_json, file_sha256
 from lm.checkpoint import WEIGHTS_FILE, read_config
 from pipeline.errors import UsageError, WeightsFileError
 
@@ -113,11 +112,7 @@ def read_weights_file(path: Path) -> tuple[Weights, dict]:
 
 def model_fingerprint(model_dir: Path) -> str:
     """sha256 of a model directory's ``model.pt``: the same weights wherever the directory lives."""
-    digest = hashlib.sha256()
-    with open(Path(model_dir) / WEIGHTS_FILE, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(Path(model_dir) / WEIGHTS_FILE)
 
 
 def model_record(model_dir: Path | None, backward_dir: Path | None) -> dict:
