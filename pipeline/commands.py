@@ -242,8 +242,9 @@ def run_tune(dev_nbest, output, model, score_fields, backward_model, unit, preci
         f"tuned {100 * figures['tuned']:.2f}%, oracle {100 * figures['oracle']:.2f}%"
     )
     if "searched" in figures:
-        stderr.print(f"network search: {label} {100 * figures['searched']:.2f}%, "
-                     f"network oracle {100 * figures['network_oracle']:.2f}%")
+        kept = "on" if tuned.search == "network" else "off: no better than plain rescoring here"
+        stderr.print(f"network search ({kept}): {label} {100 * figures['searched']:.2f}% with "
+                     f"{figures['search_passes']} passes, network oracle {100 * figures['network_oracle']:.2f}%")
     stderr.print(f"weights: {json.dumps(tuned.__dict__)} -> {output}")
 
 

@@ -12,7 +12,8 @@ more (a character from one, the next from another). Per utterance:
 2. **Expand**: the ``candidates`` most probable paths (product of arc posteriors), found exactly,
    best first, with a heap over per-slot arc choices.
 3. **Rescore** the paths and the input hypotheses together:
-   ``arc_logpost + lm_weight * lm + backward_weight * lm_backward + length_bonus * length``,
+   ``arc_logpost + lm_weight * lm + backward_weight * lm_backward + length_bonus * length``
+   ``+ input_bonus * [the text is an input hypothesis]``,
    the LM scores pooled through the same trie engine as plain rescoring. The best of them is the
    utterance's ``best``; it may be none of the input texts.
 """
@@ -135,9 +136,10 @@ class SearchWeights:
     lm_weight: float = 1.0
     backward_weight: float = 0.0
     length_bonus: float = 0.0
+    input_bonus: float = 0.0  # for a candidate that is one of the input hypotheses
 
-    def total(self, logpost: float, lm: float, backward: float | None, length: int) -> float:
-        return (logpost + self.lm_weight * lm + self.length_bonus * length
+    def total(self, logpost: float, lm: float, backward: float | None, length: int, in_input: bool) -> float:
+        return (logpost + self.lm_weight * lm + self.length_bonus * length + self.input_bonus * in_input
                 + (self.backward_weight * backward if backward is not None else 0.0))
 
 

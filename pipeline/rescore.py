@@ -153,32 +153,46 @@ class Rescorer:
             known.update(zip(new, zip(forward, backward)))
 
     def search_networks(self, lists: Sequence[Sequence[dict]], results: list[RescoreResult]) -> None:
-        """Replace each result's ``best`` with the best candidate of its confusion network, then improve it
-        by single-slot changes for ``network["passes"]`` rounds (each round's variants scored together)."""
-        expanded = [self.network_candidates(hyps) if hyps else None for hyps in lists]
+        """Replace each result's ``best`` with the best candidate of its confusion network, improved by
+        ``network["passes"]`` rounds of single-slot changes."""
         known = {h["text"]: (r.lm_logprobs[i], r.backward_logprobs[i] if r.backward_logprobs else None)
                  for hyps, r in zip(lists, results) for i, h in enumerate(hyps)}
-        self.score_texts((t for item in expanded if item for t in item[2]), known)
-        settings = self.weights.network
-        search = SearchWeights(**{k: settings[k] for k in ("lm_weight", "backward_weight", "length_bonus")})
-        current = {}
-        for k, (hyps, item) in enumerate(zip(lists, expanded)):
-            if item is None:
-                continue
-            unit, network, candidates = item
-            inputs = {h["text"] for h in hyps}
-            ordered = sorted(candidates, key=lambda t: t not in inputs)  # a tie keeps an input hypothesis
-            totals = {t: search.total(candidates[t][0], *known[t], text_length(t, unit)) for t in ordered}
-            best = max(ordered, key=totals.get)
-            current[k] = (totals[best], best, *candidates[best])
-        for _ in range(int(settings.get("passes", 0))):
-            if not self.improve_once(current, expanded, known, search):
-                break
-        for k, (_, best, _, _) in current.items():
+        final = self.searched_bests(lists, known, int(self.weights.network.get("passes", 0)))[-1]
+        for k, best in final.items():
             inputs = {h["text"] for h in lists[k]}
             results[k].best, results[k].best_in_input, results[k].searched = best, best in inputs, True
 
-    def improve_once(self, current: dict, expanded: list, known: dict, search: SearchWeights) -> bool:
+    def searched_bests(self, lists: Sequence[Sequence[dict]], known: dict, passes: int) -> list[dict[int, str]]:
+        """The searched best text of each non-empty list (by position) after 0, 1, ..., ``passes`` rounds of
+        single-slot changes; a round that changes nothing ends the search and is repeated to the end.
+
+        ``known`` maps texts to (forward, backward) LM scores; the texts it lacks are scored and added.
+        """
+        expanded = [self.network_candidates(hyps) if hyps else None for hyps in lists]
+        self.score_texts((t for item in expanded if item for t in item[2]), known)
+        settings = self.weights.network
+        search = SearchWeights(**{k: settings.get(k, 0.0)
+                                  for k in ("lm_weight", "backward_weight", "length_bonus", "input_bonus")})
+        inputs = [{h["text"] for h in hyps} for hyps in lists]
+        current = {}
+        for k, item in enumerate(expanded):
+            if item is None:
+                continue
+            unit, network, candidates = item
+            ordered = sorted(candidates, key=lambda t: t not in inputs[k])  # a tie keeps an input hypothesis
+            totals = {t: search.total(candidates[t][0], *known[t], text_length(t, unit), t in inputs[k])
+                      for t in ordered}
+            best = max(ordered, key=totals.get)
+            current[k] = (totals[best], best, *candidates[best])
+        history = [{k: c[1] for k, c in current.items()}]
+        for _ in range(passes):
+            if not self.improve_once(current, expanded, inputs, known, search):
+                break
+            history.append({k: c[1] for k, c in current.items()})
+        return history + [history[-1]] * (passes + 1 - len(history))
+
+    def improve_once(self, current: dict, expanded: list, inputs: list[set], known: dict,
+                     search: SearchWeights) -> bool:
         """One round of local search: every single-slot change of each current best, the best kept if better."""
         variants = []
         for k, (_, _, logpost, labels) in current.items():
@@ -189,7 +203,7 @@ class Rescorer:
         self.score_texts((v[1] for v in variants), known)
         improved = False
         for k, text, logpost, labels in variants:
-            total = search.total(logpost, *known[text], text_length(text, expanded[k][0]))
+            total = search.total(logpost, *known[text], text_length(text, expanded[k][0]), text in inputs[k])
             if total > current[k][0] + 1e-9:
                 current[k] = (total, text, logpost, labels)
                 improved = True

@@ -120,6 +120,9 @@ def within_utterance_spread(dev: DevSet, column: int) -> float:
     return statistics.median(spreads) if spreads else 0.0
 
 
+SIGNED_WEIGHTS = ("length_bonus", "input_bonus")  # weights that may be negative; the others are scales >= 0
+
+
 def coarse_grid(dev: DevSet, name: str) -> list[float]:
     """Candidate values of one weight, scaled so that its term moves totals as much as the first field."""
     column = dev.names.index(name)
@@ -128,7 +131,7 @@ def coarse_grid(dev: DevSet, name: str) -> list[float]:
     if spread == 0:
         return [0.0]  # a feature that never differs within a list cannot change a ranking
     scale = anchor / spread
-    if name == "length_bonus":
+    if name in SIGNED_WEIGHTS:
         return [scale * k / 10 for k in range(-30, 31)]
     return [0.0] + [scale * 2 ** (k / 4) for k in range(-24, 17)]
 
@@ -244,7 +247,7 @@ def tune_weights(rescorer: Rescorer, utterances: Sequence[dict], unit: str = "au
 
         rescorer.weights = weights  # the arcs are weighed with the tuned first-pass fields
         weights.network, searched = tune_network(rescorer, dev_utterances, unit)
-        weights.search = "network"
+        weights.search = choose_search(searched["search_errors"], errors, dev.reference_units)
     baseline = evaluate_utterances(dev_utterances, unit)
     figures = {
         "unit": unit,
@@ -261,6 +264,19 @@ def tune_weights(rescorer: Rescorer, utterances: Sequence[dict], unit: str = "au
         **{key: value for key, value in searched.items() if key != "search_errors"},
     }
     return weights, figures
+
+
+def choose_search(search_errors: int, plain_errors: int, units: int) -> str:
+    """"network" when the search makes fewer dev errors than plain rescoring, else "none" (said once).
+
+    The search's settings are recorded either way, so ``rescore --search network`` can still force it.
+    """
+    if search_errors < plain_errors:
+        return "network"
+    log.warning("the network search made %d errors on the dev set (%.2f%%), no fewer than plain rescoring's %d "
+                "(%.2f%%): the weights keep search none (rescore --search network still applies it)",
+                search_errors, 100 * search_errors / max(units, 1), plain_errors, 100 * plain_errors / max(units, 1))
+    return "none"
 
 
 def fit_temperature(dev: DevSet, vector: torch.Tensor) -> float:
@@ -332,7 +348,7 @@ def error_curves(dev: DevSet, vector: torch.Tensor, free: list[str], points: int
         grid = coarse_grid(dev, name)
         step = max((abs(b - a) for a, b in zip(grid, grid[1:])), default=1.0) or 1.0
         span = max(abs(chosen), step) * 2
-        low = chosen - span if name == "length_bonus" else max(0.0, chosen - span)  # LM and field scales stay >= 0
+        low = chosen - span if name in SIGNED_WEIGHTS else max(0.0, chosen - span)  # LM and field scales stay >= 0
         values = [low + (chosen + span - low) * k / (points - 1) for k in range(points)]
         trial = vector.clone()
         rates = []

@@ -32,9 +32,10 @@ DECISIONS = ("map", "mbr")
 SEARCHES = ("none", "network")
 # temperature: of the first-pass posteriors that weigh the arcs; candidates: paths expanded per list;
 # the rest weigh each candidate's LM scores and length against its arc log posterior (pipeline.network).
+# input_bonus: added to a candidate that is one of the input hypotheses (how far new texts are trusted);
 # passes: rounds of single-slot changes around the best candidate (0: none), scored with the same weights.
 NETWORK_DEFAULTS = {"temperature": 1.0, "candidates": 50, "lm_weight": 1.0, "backward_weight": 0.0,
-                    "length_bonus": 0.0, "passes": 0}
+                    "length_bonus": 0.0, "input_bonus": 0.0, "passes": 0}
 
 
 @dataclass

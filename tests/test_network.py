@@ -88,11 +88,77 @@ def test_tune_with_search_records_it_and_rescore_applies_it(trained_model_dir, t
                                  "--search", "network"])
     assert result.exit_code == 0, result.output
     tuned = json.loads(weights.read_text())
-    assert tuned["weights"]["search"] == "network" and tuned["weights"]["network"]["candidates"] == 50
+    assert tuned["weights"]["network"]["candidates"] == 50 and tuned["weights"]["network"]["passes"] in range(5)
     assert tuned["dev"]["network_oracle"] <= tuned["dev"]["oracle"]
-    applied = runner.invoke(app, ["rescore", str(source), "-m", str(trained_model_dir), "--weights", str(weights)])
+    applied = runner.invoke(app, ["rescore", str(source), "-m", str(trained_model_dir), "--weights", str(weights),
+                                  "--search", "network"])
     assert applied.exit_code == 0, applied.output
     assert all(isinstance(u["best_in_input"], bool) for u in json.loads(applied.stdout)["utterances"])
+
+
+def combination_dev_set() -> tuple[list[dict], dict[str, float]]:
+    """Three lists whose reference is only in the network (the first word of one hypothesis, the second
+    of the other), and an LM table that knows each reference."""
+    utterances, table = [], {}
+    for k in range(3):
+        right, wrong = f"a{k} x{k}", f"b{k} y{k}"
+        utterances.append({"id": f"u{k}", "reference": right, "hypotheses": [
+            {"text": f"a{k} y{k}", "score": 0.0}, {"text": f"b{k} x{k}", "score": -0.1}]})
+        table.update({right: -1.0, wrong: -30.0, f"a{k} y{k}": -10.0, f"b{k} x{k}": -11.0})
+    return utterances, table
+
+
+def test_tune_keeps_the_search_when_it_makes_fewer_dev_errors():
+    from pipeline.tune import tune_weights
+
+    utterances, table = combination_dev_set()
+    weights, figures = tune_weights(Rescorer(TableScorer(table, default=-30.0)), utterances, "word",
+                                    search="network")
+    assert figures["tuned"] > 0 and figures["searched"] == 0  # every reference found, none in the lists
+    assert weights.search == "network"
+    result = Rescorer(TableScorer(table, default=-30.0), weights).rescore(["a0 y0", "b0 x0"], [0.0, -0.1])
+    assert result.best == "a0 x0" and not result.best_in_input
+
+
+def test_tune_turns_the_search_off_when_it_does_not_beat_plain_rescoring(caplog):
+    """Each reference is the first-pass best; the network's best path (and its other inputs) differ."""
+    from pipeline.tune import tune_weights
+
+    utterances = [{"id": f"u{k}", "reference": f"a{k} y{k}", "hypotheses": [
+        {"text": f"a{k} y{k}", "score": 0.0}, {"text": f"b{k} x{k}", "score": -0.3},
+        {"text": f"c{k} x{k}", "score": -0.3}]} for k in range(3)]
+    table = {f"a{k} x{k}": 0.0 for k in range(3)}  # the LM likes the network's wrong combination best
+    weights, figures = tune_weights(Rescorer(TableScorer(table, default=-5.0)), utterances, "word",
+                                    search="network")
+    assert figures["tuned"] == 0
+    assert weights.search == "none" and weights.network["candidates"] == 50  # settings kept, search off
+    assert "no fewer than plain rescoring" in caplog.text
+
+
+def test_tune_counts_the_passes_that_reach_a_reference_beyond_the_candidates():
+    """One candidate path per list: only single-slot changes reach the three references that need a
+    combination; a fourth list, whose reference is its second hypothesis, calls for a positive LM weight."""
+    from pipeline.tune_network import tune_network
+
+    utterances, table = combination_dev_set()
+    utterances.append({"id": "u3", "reference": "r s", "hypotheses": [{"text": "p q", "score": 0.0},
+                                                                       {"text": "r s", "score": -0.1}]})
+    table.update({"r s": -1.0, "p q": -10.0})
+    rescorer = Rescorer(TableScorer(table, default=-30.0), Weights(), unit="word")
+    settings, figures = tune_network(rescorer, utterances, "word", candidates=1)
+    assert settings["passes"] >= 1 and figures["search_errors"] == 0
+
+
+def test_the_input_bonus_keeps_an_input_hypothesis_against_a_new_text_the_lm_prefers():
+    settings = {"temperature": 1.0, "candidates": 10, "lm_weight": 1.0, "backward_weight": 0.0,
+                "length_bonus": 0.0, "passes": 0}
+    table = {"a x": -1.0}
+    texts, scores = ["a y", "b x"], [0.0, -0.1]
+    free = Rescorer(TableScorer(table, default=-3.0), Weights(search="network", network=settings))
+    assert free.rescore(texts, scores).best == "a x"
+    trusting = Rescorer(TableScorer(table, default=-3.0),
+                        Weights(search="network", network={**settings, "input_bonus": 5.0}))
+    assert trusting.rescore(texts, scores).best == "a y"
 
 
 @pytest.mark.parametrize("passes", [0, 2])
