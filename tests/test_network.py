@@ -171,3 +171,34 @@ def test_local_search_reaches_a_path_the_lm_prefers_beyond_the_expanded_candidat
     result = rescorer.rescore(["ab", "xy"], [0.0, -1.0])
     assert result.best == ("ay" if passes else "ab")
     assert result.best_in_input == (not passes)
+
+
+def test_the_pooled_search_of_many_lists_equals_searching_each_list_alone_with_one_at_a_time_scores(trained_lm):
+    """The search pools every list's candidates (and each pass's variants) into one LM pass; the result
+    must equal searching one list at a time with every text scored on its own (no batching at all)."""
+    from lm.scorer import SentenceScorer, score_one_at_a_time
+    from conftest import CHINESE, ENGLISH
+
+    encoder = SentenceScorer(trained_lm, threads=1)
+
+    class OneAtATime:
+        def score(self, texts):
+            return score_one_at_a_time(trained_lm, encoder.encode(texts))
+
+    lists = []
+    for sentence in ENGLISH[:3] + CHINESE[:3]:
+        words = sentence.split() if " " in sentence else list(sentence)
+        joiner = " " if " " in sentence else ""
+        first, last = ["的"] + words[1:], words[:-1] + ["the"]  # the sentence is only in the network
+        lists.append([{"text": joiner.join(first), "score": 0.0}, {"text": joiner.join(last), "score": -2.0},
+                      {"text": joiner.join(words[:-1]), "score": -2.5}])
+    settings = {"temperature": 1.0, "candidates": 1, "lm_weight": 1.0, "backward_weight": 0.0,
+                "length_bonus": 0.5, "input_bonus": 0.0, "passes": 2}  # one path: the passes find the rest
+    pooled = Rescorer(SentenceScorer(trained_lm, threads=1), Weights(search="network", network=settings))
+    alone = Rescorer(OneAtATime(), Weights(search="network", network=settings))
+    together = pooled.rescore_batch(lists)
+    assert any(not r.best_in_input for r in together)  # the search moved beyond the lists somewhere
+    for hyps, result in zip(lists, together):
+        single = alone.rescore_batch([hyps])[0]
+        assert result.best == single.best
+        assert result.lm_logprobs == pytest.approx(single.lm_logprobs, abs=1e-4)
