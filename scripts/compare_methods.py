@@ -1,0 +1,94 @@
+"""Plain rescoring, MBR and the confusion-network search on a dev set, over random halves: for each
+split, ``tune --decision mbr --search network`` on one half, each method measured on the other.
+
+Every text is scored once over all splits (a memo in front of the LM), so ten splits cost little more
+than one. "as tuned" is what ``rescore --weights`` does with those weights (the search only where
+tune kept it). For the search's cost against plain rescoring, see scripts/compare_search.py.
+
+    python scripts/compare_methods.py ../shared/data/zh-rmrb/dev.nbest.json [-m MODEL_DIR] [--splits 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import random
+import statistics
+from pathlib import Path
+
+from lm.checkpoint import backward_model_dir
+from pipeline.commands import make_rescorer
+from pipeline.metrics import detect_unit, error_counts
+from pipeline.models import default_model_dir
+from pipeline.nbest import read_nbest
+from pipeline.tune import first_pass_fields, tune_weights
+from pipeline.weights import Weights
+
+METHODS = {  # name: (decision, search, passes); None: what tune chose
+    "plain": ("map", "none", None),
+    "MBR": ("mbr", "none", None),
+    "search, no passes": ("map", "network", 0),
+    "search": ("map", "network", None),
+    "as tuned": ("map", None, None),
+}
+
+
+class Memo:
+    """A scorer that scores each text once and remembers it."""
+
+    def __init__(self, scorer):
+        self.scorer, self.known = scorer, {}
+
+    def score(self, texts):
+        new = [t for t in dict.fromkeys(texts) if t not in self.known]
+        if new:
+            self.known.update(zip(new, self.scorer.score(new)))
+        return [self.known[t] for t in texts]
+
+
+def error_rate(rescorer, weights: Weights, utterances: list[dict], unit: str) -> float:
+    rescorer.weights = weights
+    results = rescorer.rescore_batch([u["hypotheses"] for u in utterances])
+    counts = [error_counts(u["reference"], r.best, unit) for u, r in zip(utterances, results)]
+    return sum(c.errors for c in counts) / max(sum(c.ref_len for c in counts), 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dev", type=Path)
+    parser.add_argument("-m", "--model", type=Path)
+    parser.add_argument("--splits", type=int, default=10)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    utterances = [u for u in read_nbest(args.dev) if isinstance(u.get("reference"), str)]
+    unit = detect_unit(u["reference"] for u in utterances)
+    fields = first_pass_fields(utterances)
+    backward = backward_model_dir(args.model or default_model_dir())
+    rescorer = make_rescorer(args.model, backward, Weights(score_fields={f: 1.0 for f in fields}), "auto", "fp32",
+                             16384, 1, "cpu")
+    rescorer.scorer = Memo(rescorer.scorer)
+    if rescorer.backward_scorer is not None:
+        rescorer.backward_scorer = Memo(rescorer.backward_scorer)
+    initial = rescorer.weights
+    rates: dict[str, list[float]] = {name: [] for name in METHODS}
+    for seed in range(args.splits):
+        order = list(range(len(utterances)))
+        random.Random(seed).shuffle(order)
+        tune_half = [utterances[i] for i in sorted(order[: len(order) // 2])]
+        test_half = [utterances[i] for i in sorted(order[len(order) // 2:])]
+        rescorer.weights = copy.deepcopy(initial)
+        tuned, _ = tune_weights(rescorer, tune_half, unit, decision="mbr", search="network")
+        for name, (decision, search, passes) in METHODS.items():
+            weights = copy.deepcopy(tuned)
+            weights.decision, weights.search = decision, search or tuned.search
+            weights.network["passes"] = tuned.network["passes"] if passes is None else passes
+            rates[name].append(error_rate(rescorer, weights, test_half, unit))
+        print(f"split {seed}: " + ", ".join(f"{name} {100 * r[-1]:.2f}%" for name, r in rates.items())
+              + f" (search {'kept' if tuned.search == 'network' else 'off'}, {tuned.network['passes']} passes)",
+              flush=True)
+    print(f"mean of {args.splits}: " + ", ".join(f"{n} {100 * statistics.mean(r):.2f}%" for n, r in rates.items()))
+
+
+if __name__ == "__main__":
+    main()
