@@ -337,6 +337,28 @@ def train_loop(session: Session, progress: TrainingProgress) -> None:
             break
     if session.stop_requested:
         raise KeyboardInterrupt
+    if session.world.is_main and (note := overfitting_note(session)):
+        log.warning(note)
+
+
+STRONGER_REGULARISATION = {"dropout": 0.5, "weight_dropout": 0.3, "embedding_dropout": 0.1}
+
+
+def overfitting_note(session: Session) -> str | None:
+    """A hint when validation stopped improving (the patience ran out) with training time to spare and
+    weaker regularisation than the settings that paid off on a corpus that overfits (zh-rmrb)."""
+    state, config, model = session.state, session.config, session.model.config
+    if state.bad_epochs < config.patience or state.epoch >= config.epochs:
+        return None
+    left = 60 * config.max_minutes - elapsed_s(session) if config.max_minutes else None
+    weaker = [name for name, value in STRONGER_REGULARISATION.items() if getattr(model, name) < value]
+    if not weaker or (left is not None and left < 60):
+        return None
+    spare = f" with {left / 60:.0f} of the {config.max_minutes:g} minutes left" if left is not None else ""
+    options = " ".join(f"--{name.replace('_', '-')} {STRONGER_REGULARISATION[name]}" for name in weaker)
+    return (f"validation stopped improving after epoch {state.epoch - state.bad_epochs}{spare}: the network "
+            f"overfits this corpus. Stronger regularisation uses the time better: {options} (on zh-rmrb, "
+            f"dev CER 8.42% -> 7.97%; it cost 0.2 points of WER on the larger en-kjv corpus, which does not overfit)")
 
 
 

@@ -525,3 +525,37 @@ def test_ctrl_c_stops_both_concurrent_runs_with_a_checkpoint_and_resume_finishes
         assert finished["finished"] and finished["step"] > step  # each resumed and took steps
         assert (path / "model.pt").is_file()
         assert not (path / "train" / "last.pt").exists()  # removed once finished
+
+
+def early_stopped_session(bad_epochs: int, elapsed_minutes: float, **model):
+    """The parts of a Session that overfitting_note reads: 12 of 30 epochs done, a 50-minute budget."""
+    from types import SimpleNamespace
+
+    from lm.model import ModelConfig
+
+    return SimpleNamespace(
+        state=SimpleNamespace(bad_epochs=bad_epochs, epoch=12, elapsed_s=60 * elapsed_minutes),
+        config=SimpleNamespace(patience=4, epochs=30, max_minutes=50),
+        model=SimpleNamespace(config=ModelConfig(vocab_size=100, **model)),
+        started_at=time.monotonic(),
+    )
+
+
+def test_an_early_stop_with_time_left_suggests_the_regularisation_that_is_still_missing():
+    from lm.train import overfitting_note
+
+    note = overfitting_note(early_stopped_session(bad_epochs=4, elapsed_minutes=20, weight_dropout=0.3))
+    assert "after epoch 8 with 30 of the 50 minutes left" in note
+    assert "--dropout 0.5" in note and "--embedding-dropout 0.1" in note and "--weight-dropout" not in note
+
+
+@pytest.mark.parametrize("bad_epochs, elapsed_minutes, model", [
+    (1, 20, {}),  # stopped by the budget or Ctrl-C, not by the patience
+    (4, 49.5, {}),  # the patience ran out with no time to spare
+    (4, 20, {"dropout": 0.5, "weight_dropout": 0.3, "embedding_dropout": 0.1}),  # regularised already
+])
+def test_no_overfitting_note_without_an_early_stop_time_left_and_weaker_regularisation(bad_epochs, elapsed_minutes,
+                                                                                       model):
+    from lm.train import overfitting_note
+
+    assert overfitting_note(early_stopped_session(bad_epochs, elapsed_minutes, **model)) is None
