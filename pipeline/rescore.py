@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from lm.scorer import SentenceScorer
 from pipeline.fields import FieldPresence
-from pipeline.mbr import mbr_index
+from pipeline.mbr import least_risk, mbr_index, pairwise_distances, top_hypotheses
 from pipeline.network import SearchWeights, join_units, network_candidates, slot_alternatives
 from pipeline.metrics import detect_unit, split_units
 from pipeline.weights import Weights, untuned_weights
@@ -48,6 +48,19 @@ def softmax(totals: Sequence[float], temperature: float) -> list[float]:
     exps = [math.exp(v - top) for v in scaled]
     norm = sum(exps)
     return [e / norm for e in exps]
+
+
+def pool_top(pool: dict[str, float], unit: str):
+    """The most probable of a search's scored texts {text: total}: (texts, totals, pairwise edit distances)."""
+    texts = list(pool)
+    top = [texts[i] for i in top_hypotheses([pool[t] for t in texts])]
+    return top, [pool[t] for t in top], pairwise_distances([split_units(t, unit) for t in top])
+
+
+def pool_mbr(pool: dict[str, float], unit: str, temperature: float) -> str:
+    """The text of least expected errors among the most probable of a search's scored texts."""
+    texts, totals, distances = pool_top(pool, unit)
+    return texts[least_risk(distances, totals, temperature)]
 
 
 def text_length(text: str, unit: str) -> int:
@@ -154,17 +167,24 @@ class Rescorer:
 
     def search_networks(self, lists: Sequence[Sequence[dict]], results: list[RescoreResult]) -> None:
         """Replace each result's ``best`` with the best candidate of its confusion network, improved by
-        ``network["passes"]`` rounds of single-slot changes."""
+        ``network["passes"]`` rounds of single-slot changes (with ``decision="mbr"``, the candidate of
+        least expected errors among the most probable ones the search scored)."""
         known = {h["text"]: (r.lm_logprobs[i], r.backward_logprobs[i] if r.backward_logprobs else None)
                  for hyps, r in zip(lists, results) for i, h in enumerate(hyps)}
-        final = self.searched_bests(lists, known, int(self.weights.network.get("passes", 0)))[-1]
+        history, pools = self.searched_bests(lists, known, int(self.weights.network.get("passes", 0)))
+        final = history[-1]
+        if self.weights.decision == "mbr":
+            final = {k: pool_mbr(pools[k], self.unit_for(h["text"] for h in lists[k]),
+                                 self.weights.network.get("mbr_temperature", 1.0)) for k in final}
         for k, best in final.items():
             inputs = {h["text"] for h in lists[k]}
             results[k].best, results[k].best_in_input, results[k].searched = best, best in inputs, True
 
-    def searched_bests(self, lists: Sequence[Sequence[dict]], known: dict, passes: int) -> list[dict[int, str]]:
+    def searched_bests(self, lists: Sequence[Sequence[dict]], known: dict,
+                       passes: int) -> tuple[list[dict[int, str]], dict[int, dict[str, float]]]:
         """The searched best text of each non-empty list (by position) after 0, 1, ..., ``passes`` rounds of
-        single-slot changes; a round that changes nothing ends the search and is repeated to the end.
+        single-slot changes (a round that changes nothing ends the search and is repeated to the end),
+        and every text the search scored for each list with its total.
 
         ``known`` maps texts to (forward, backward) LM scores; the texts it lacks are scored and added.
         """
@@ -174,25 +194,25 @@ class Rescorer:
         search = SearchWeights(**{k: settings.get(k, 0.0)
                                   for k in ("lm_weight", "backward_weight", "length_bonus", "input_bonus")})
         inputs = [{h["text"] for h in hyps} for hyps in lists]
-        current = {}
+        current, pools = {}, {}
         for k, item in enumerate(expanded):
             if item is None:
                 continue
             unit, network, candidates = item
             ordered = sorted(candidates, key=lambda t: t not in inputs[k])  # a tie keeps an input hypothesis
-            totals = {t: search.total(candidates[t][0], *known[t], text_length(t, unit), t in inputs[k])
-                      for t in ordered}
-            best = max(ordered, key=totals.get)
-            current[k] = (totals[best], best, *candidates[best])
+            pools[k] = {t: search.total(candidates[t][0], *known[t], text_length(t, unit), t in inputs[k])
+                        for t in ordered}
+            best = max(ordered, key=pools[k].get)
+            current[k] = (pools[k][best], best, *candidates[best])
         history = [{k: c[1] for k, c in current.items()}]
         for _ in range(passes):
-            if not self.improve_once(current, expanded, inputs, known, search):
+            if not self.improve_once(current, expanded, inputs, known, search, pools):
                 break
             history.append({k: c[1] for k, c in current.items()})
-        return history + [history[-1]] * (passes + 1 - len(history))
+        return history + [history[-1]] * (passes + 1 - len(history)), pools
 
     def improve_once(self, current: dict, expanded: list, inputs: list[set], known: dict,
-                     search: SearchWeights) -> bool:
+                     search: SearchWeights, pools: dict) -> bool:
         """One round of local search: every single-slot change of each current best, the best kept if better."""
         variants = []
         for k, (_, _, logpost, labels) in current.items():
@@ -204,6 +224,7 @@ class Rescorer:
         improved = False
         for k, text, logpost, labels in variants:
             total = search.total(logpost, *known[text], text_length(text, expanded[k][0]), text in inputs[k])
+            pools[k][text] = max(total, pools[k].get(text, total))
             if total > current[k][0] + 1e-9:
                 current[k] = (total, text, logpost, labels)
                 improved = True

@@ -246,7 +246,7 @@ def tune_weights(rescorer: Rescorer, utterances: Sequence[dict], unit: str = "au
         from pipeline.tune_network import tune_network
 
         rescorer.weights = weights  # the arcs are weighed with the tuned first-pass fields
-        weights.network, searched = tune_network(rescorer, dev_utterances, unit)
+        weights.network, searched = tune_network(rescorer, dev_utterances, unit, decision=decision)
         weights.search = choose_search(searched["search_errors"], errors, dev.reference_units)
     baseline = evaluate_utterances(dev_utterances, unit)
     figures = {

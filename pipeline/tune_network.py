@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import torch
 
 from pipeline.metrics import error_counts
-from pipeline.rescore import Rescorer, text_length
+from pipeline.mbr import least_risk
+from pipeline.rescore import Rescorer, pool_top, text_length
 from pipeline.tune import DevSet, search_weights
 
 log = logging.getLogger(__name__)
@@ -20,13 +21,14 @@ MAX_PASSES = 4  # rounds of single-slot changes tried on the dev set (more gaine
 
 
 def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, candidates: int = 50,
-                 progress=None) -> tuple[dict, dict]:
+                 progress=None, decision: str = "map") -> tuple[dict, dict]:
     """Fit the network search (pipeline.network) on a dev set, the first-pass fields' weights as tuned.
 
     For each arc temperature on a grid, expand every list, score the new texts (each text once over
     the whole grid), and search the candidates' LM, backward, length and input weights that minimise
     errors (the arc log posterior held at 1). Then run the search with those weights for 0 to
-    ``MAX_PASSES`` rounds of single-slot changes and keep the round count with the fewest errors.
+    ``MAX_PASSES`` rounds of single-slot changes and keep the round count with the fewest errors; with
+    ``decision="mbr"``, fit the temperature of the MBR choice among the scored candidates.
     Returns the settings and figures (errors, the network oracle).
     """
     lists = [u["hypotheses"] for u in utterances]
@@ -55,17 +57,43 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
                 "backward_weight": values.get("backward_weight", 0.0), "length_bonus": values["length_bonus"],
                 "input_bonus": values["input_bonus"]}
     rescorer.weights.network = {**rescorer.weights.network, **settings}
-    history = rescorer.searched_bests(lists, cache, MAX_PASSES)
-    by_passes = [sum(error_counts(u["reference"], bests.get(k, ""), unit).errors for k, u in enumerate(utterances))
-                 for bests in history]
+    history, _ = rescorer.searched_bests(lists, cache, MAX_PASSES)
+    by_passes = [errors_of(bests, utterances, unit) for bests in history]
     passes = min(range(len(by_passes)), key=lambda p: (by_passes[p], p))
     log.info("network search: %s errors after 0..%d passes of single-slot changes; using %d",
              by_passes, MAX_PASSES, passes)
     settings["passes"] = passes
     units = max(dev.reference_units, 1)
     errors = by_passes[passes]
+    if decision == "mbr":
+        _, pools = rescorer.searched_bests(lists, cache, passes)
+        settings["mbr_temperature"], errors = fit_pool_mbr_temperature(pools, utterances, unit)
+        log.info("network search, MBR: temperature %.4g, %d errors (the highest total: %d)",
+                 settings["mbr_temperature"], errors, by_passes[passes])
     return settings, {"search_errors": errors, "searched": errors / units, "network_oracle": oracle / units,
                       "search_passes": passes}
+
+
+def errors_of(bests: dict[int, str], utterances: Sequence[dict], unit: str) -> int:
+    """Errors of the chosen texts (by list position; an empty list outputs "")."""
+    return sum(error_counts(u["reference"], bests.get(k, ""), unit).errors for k, u in enumerate(utterances))
+
+
+def fit_pool_mbr_temperature(pools: dict[int, dict[str, float]], utterances: Sequence[dict],
+                             unit: str) -> tuple[float, int]:
+    """The temperature of the MBR choice among each list's scored candidates with the fewest dev errors
+    (a log grid scaled to the spread of the candidates' totals); ties keep the lower temperature."""
+    tops = {u: pool_top(pool, unit) for u, pool in pools.items()}  # independent of the temperature
+    spreads = [statistics.pstdev(totals) for _, totals, _ in tops.values() if len(totals) > 1]
+    scale = statistics.median(spreads) if spreads and statistics.median(spreads) > 0 else 1.0
+    best: tuple[int, float] | None = None
+    for k in range(-16, 13):
+        temperature = scale * 2 ** (k / 2)
+        bests = {u: texts[least_risk(distances, totals, temperature)] for u, (texts, totals, distances) in tops.items()}
+        errors = errors_of(bests, utterances, unit)
+        if best is None or errors < best[0]:
+            best = (errors, temperature)
+    return best[1], best[0]
 
 
 def network_dev_set(expanded: list[dict[str, float]], utterances: Sequence[dict], cache: dict, unit: str,

@@ -33,9 +33,10 @@ SEARCHES = ("none", "network")
 # temperature: of the first-pass posteriors that weigh the arcs; candidates: paths expanded per list;
 # the rest weigh each candidate's LM scores and length against its arc log posterior (pipeline.network).
 # input_bonus: added to a candidate that is one of the input hypotheses (how far new texts are trusted);
-# passes: rounds of single-slot changes around the best candidate (0: none), scored with the same weights.
+# passes: rounds of single-slot changes around the best candidate (0: none), scored with the same weights;
+# mbr_temperature: of the posterior over the scored candidates that decision "mbr" weighs with.
 NETWORK_DEFAULTS = {"temperature": 1.0, "candidates": 50, "lm_weight": 1.0, "backward_weight": 0.0,
-                    "length_bonus": 0.0, "input_bonus": 0.0, "passes": 0}
+                    "length_bonus": 0.0, "input_bonus": 0.0, "passes": 0, "mbr_temperature": 1.0}
 
 
 @dataclass
@@ -104,8 +105,9 @@ def read_weights_file(path: Path) -> tuple[Weights, dict]:
     if not isinstance(weights.network, dict) or set(weights.network) - set(NETWORK_DEFAULTS):
         raise WeightsFileError(f"{path}: network must be an object with {', '.join(NETWORK_DEFAULTS)}")
     weights.network = {**NETWORK_DEFAULTS, **weights.network}
-    if not weights.network["temperature"] > 0 or weights.network["candidates"] < 1:
-        raise WeightsFileError(f"{path}: network temperature must be above 0 and candidates at least 1")
+    if (not weights.network["temperature"] > 0 or weights.network["candidates"] < 1
+            or not weights.network["mbr_temperature"] > 0):
+        raise WeightsFileError(f"{path}: network temperature and mbr_temperature must be above 0 and candidates at least 1")
     if weights.decision not in DECISIONS:
         raise WeightsFileError(f"{path}: decision must be one of {', '.join(DECISIONS)}, got {weights.decision!r}")
     return weights, record

@@ -30,6 +30,7 @@ METHODS = {  # name: (decision, search, passes); None: what tune chose
     "MBR": ("mbr", "none", None),
     "search, no passes": ("map", "network", 0),
     "search": ("map", "network", None),
+    "search + MBR": ("mbr", "network", None),
     "as tuned": ("map", None, None),
 }
 

@@ -202,3 +202,28 @@ def test_the_pooled_search_of_many_lists_equals_searching_each_list_alone_with_o
         single = alone.rescore_batch([hyps])[0]
         assert result.best == single.best
         assert result.lm_logprobs == pytest.approx(single.lm_logprobs, abs=1e-4)
+
+
+def test_mbr_among_the_searched_candidates_picks_the_consensus_over_the_top_scoring_outlier():
+    from pipeline.rescore import pool_mbr
+
+    pool = {"abc": -1.0, "abd": -1.2, "abe": -1.2, "xyz": -0.9}  # xyz scores highest but agrees with nothing
+    assert max(pool, key=pool.get) == "xyz"
+    assert pool_mbr(pool, "char", 1.0) == "abc"  # expected edits: abc 1.32, abd 1.37, xyz 2.12
+    assert pool_mbr(pool, "char", 0.01) == "xyz"  # a sharp posterior: the highest total
+
+
+def test_search_with_mbr_is_tuned_recorded_and_applied(trained_model_dir, tmp_path):
+    source = write_json(tmp_path / "dev.json")
+    weights = tmp_path / "w.json"
+    result = runner.invoke(app, ["tune", str(source), "-m", str(trained_model_dir), "-o", str(weights),
+                                 "--search", "network", "--decision", "mbr"])
+    assert result.exit_code == 0, result.output
+    tuned = json.loads(weights.read_text())["weights"]
+    assert tuned["decision"] == "mbr" and tuned["network"]["mbr_temperature"] > 0
+    tuned["search"] = "network"
+    weights.write_text(json.dumps({"weights": tuned}))
+    applied = runner.invoke(app, ["rescore", str(source), "-m", str(trained_model_dir), "--weights", str(weights),
+                                  "--allow-other-model"])
+    assert applied.exit_code == 0, applied.output
+    assert all("best_in_input" in u for u in json.loads(applied.stdout)["utterances"])
