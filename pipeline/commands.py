@@ -132,6 +132,10 @@ def run_rescore(nbest: Path, model, output, weights, lm_weight, length_bonus, sc
     if search is not None:
         check_choice("search", search, SEARCHES)
         choice.weights.search = search
+    w = choice.weights
+    if w.decision == "mbr" and w.search == "network" and w.network.get("mbr_temperature") is None:
+        log.warning("--decision mbr with the network search: the weights have no MBR temperature for the search "
+                    "(tune --decision mbr --search network fits it), so the search keeps its highest-scoring candidate")
     fields_source = "--score-fields" if score_fields is not None else (
         str(choice.path) if choice.path is not None else "the default score fields")
     if choice.path is None and score_fields is None and resolved_format(nbest, input_format) == "kaldi":

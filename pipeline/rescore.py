@@ -167,15 +167,16 @@ class Rescorer:
 
     def search_networks(self, lists: Sequence[Sequence[dict]], results: list[RescoreResult]) -> None:
         """Replace each result's ``best`` with the best candidate of its confusion network, improved by
-        ``network["passes"]`` rounds of single-slot changes (with ``decision="mbr"``, the candidate of
-        least expected errors among the most probable ones the search scored)."""
+        ``network["passes"]`` rounds of single-slot changes (with ``decision="mbr"`` and a fitted
+        ``network["mbr_temperature"]``, the candidate of least expected errors among the most probable
+        ones the search scored)."""
         known = {h["text"]: (r.lm_logprobs[i], r.backward_logprobs[i] if r.backward_logprobs else None)
                  for hyps, r in zip(lists, results) for i, h in enumerate(hyps)}
         history, pools = self.searched_bests(lists, known, int(self.weights.network.get("passes", 0)))
         final = history[-1]
-        if self.weights.decision == "mbr":
-            final = {k: pool_mbr(pools[k], self.unit_for(h["text"] for h in lists[k]),
-                                 self.weights.network.get("mbr_temperature", 1.0)) for k in final}
+        temperature = self.weights.network.get("mbr_temperature")
+        if self.weights.decision == "mbr" and temperature is not None:
+            final = {k: pool_mbr(pools[k], self.unit_for(h["text"] for h in lists[k]), temperature) for k in final}
         for k, best in final.items():
             inputs = {h["text"] for h in lists[k]}
             results[k].best, results[k].best_in_input, results[k].searched = best, best in inputs, True

@@ -55,7 +55,7 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
     values = dict(zip(dev.names, vector.tolist()))
     settings = {"temperature": temperature, "candidates": candidates, "lm_weight": values["lm_weight"],
                 "backward_weight": values.get("backward_weight", 0.0), "length_bonus": values["length_bonus"],
-                "input_bonus": values["input_bonus"]}
+                "input_bonus": values["input_bonus"], "mbr_temperature": None}
     rescorer.weights.network = {**rescorer.weights.network, **settings}
     history, _ = rescorer.searched_bests(lists, cache, MAX_PASSES)
     by_passes = [errors_of(bests, utterances, unit) for bests in history]

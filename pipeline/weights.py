@@ -34,9 +34,10 @@ SEARCHES = ("none", "network")
 # the rest weigh each candidate's LM scores and length against its arc log posterior (pipeline.network).
 # input_bonus: added to a candidate that is one of the input hypotheses (how far new texts are trusted);
 # passes: rounds of single-slot changes around the best candidate (0: none), scored with the same weights;
-# mbr_temperature: of the posterior over the scored candidates that decision "mbr" weighs with.
+# mbr_temperature: of the posterior over the scored candidates that decision "mbr" weighs with; None (not
+# fitted by tune --decision mbr --search network): the search keeps its highest-scoring candidate.
 NETWORK_DEFAULTS = {"temperature": 1.0, "candidates": 50, "lm_weight": 1.0, "backward_weight": 0.0,
-                    "length_bonus": 0.0, "input_bonus": 0.0, "passes": 0, "mbr_temperature": 1.0}
+                    "length_bonus": 0.0, "input_bonus": 0.0, "passes": 0, "mbr_temperature": None}
 
 
 @dataclass
@@ -69,7 +70,8 @@ class Weights:
 
     def numbers(self) -> list[float]:
         return [self.lm_weight, self.length_bonus, self.backward_weight, self.posterior_temperature,
-                self.mbr_temperature, *self.score_fields.values(), *self.network.values()]
+                self.mbr_temperature, *self.score_fields.values(),
+                *(v for k, v in self.network.items() if not (k == "mbr_temperature" and v is None))]
 
 
 def is_finite_number(value) -> bool:
@@ -106,7 +108,7 @@ def read_weights_file(path: Path) -> tuple[Weights, dict]:
         raise WeightsFileError(f"{path}: network must be an object with {', '.join(NETWORK_DEFAULTS)}")
     weights.network = {**NETWORK_DEFAULTS, **weights.network}
     if (not weights.network["temperature"] > 0 or weights.network["candidates"] < 1
-            or not weights.network["mbr_temperature"] > 0):
+            or not (weights.network["mbr_temperature"] is None or weights.network["mbr_temperature"] > 0)):
         raise WeightsFileError(f"{path}: network temperature and mbr_temperature must be above 0 and candidates at least 1")
     if weights.decision not in DECISIONS:
         raise WeightsFileError(f"{path}: decision must be one of {', '.join(DECISIONS)}, got {weights.decision!r}")

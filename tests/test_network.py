@@ -227,3 +227,34 @@ def test_search_with_mbr_is_tuned_recorded_and_applied(trained_model_dir, tmp_pa
                                   "--allow-other-model"])
     assert applied.exit_code == 0, applied.output
     assert all("best_in_input" in u for u in json.loads(applied.stdout)["utterances"])
+
+
+def test_without_a_fitted_search_temperature_mbr_leaves_the_search_its_highest_scoring_candidate(tmp_path):
+    """A weights file from before the search had an MBR step (no network.mbr_temperature) keeps its answers."""
+    from pipeline.weights import read_weights_file
+
+    settings = {"temperature": 1.0, "candidates": 10, "lm_weight": 1.0, "backward_weight": 0.0,
+                "length_bonus": 0.0, "passes": 0}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"weights": {"search": "network", "decision": "mbr", "network": settings}}))
+    weights, _ = read_weights_file(path)
+    assert weights.network["mbr_temperature"] is None
+    texts, scores = ["abc", "abd", "abe", "xyz"], [-1.0, -1.2, -1.2, -0.9]
+    table = {"xyz": -0.1}
+    searched = Rescorer(TableScorer(table, default=-3.0), weights, unit="char").rescore(texts, scores)
+    as_map = Rescorer(TableScorer(table, default=-3.0),
+                      Weights(search="network", network=dict(weights.network)), unit="char").rescore(texts, scores)
+    assert searched.best == as_map.best == "xyz"
+    weights.network["mbr_temperature"] = 100.0  # a flat posterior: the consensus
+    assert Rescorer(TableScorer(table, default=-3.0), weights, unit="char").rescore(texts, scores).best != "xyz"
+
+
+def test_rescore_says_when_mbr_cannot_apply_to_the_search(trained_model_dir, tmp_path):
+    source = write_json(tmp_path / "dev.json")
+    result = runner.invoke(app, ["rescore", str(source), "-m", str(trained_model_dir), "--search", "network",
+                                 "--decision", "mbr", "-o", str(tmp_path / "out.json")])
+    assert result.exit_code == 0, result.output
+    assert "no MBR temperature for the search" in result.stderr
+    plain = runner.invoke(app, ["rescore", str(source), "-m", str(trained_model_dir), "--search", "network",
+                                "-o", str(tmp_path / "out2.json")])
+    assert "MBR temperature" not in plain.stderr
