@@ -9,7 +9,9 @@ are computed one candidate against all evidence at once with numpy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import statistics
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -59,10 +61,52 @@ def least_risk(distances: np.ndarray, totals: Sequence[float], temperature: floa
     return int(np.argmin(risks))
 
 
+def softmax(totals: Sequence[float], temperature: float) -> list[float]:
+    """exp(total / T) normalised over the list: the n-best posterior."""
+    if not totals:
+        return []
+    scaled = [t / temperature for t in totals]
+    top = max(scaled)
+    exps = [math.exp(v - top) for v in scaled]
+    norm = sum(exps)
+    return [e / norm for e in exps]
+
+
+Evidence = tuple[list[int], list[float], np.ndarray]  # top indices (best first), their totals, pairwise edits
+
+
+def mbr_evidence(units: Sequence[Sequence[str]], totals: Sequence[float], top: int = MBR_TOP) -> Evidence:
+    """What the MBR choice needs at any temperature: the ``top`` most probable hypotheses (indices, best
+    first), their totals and their pairwise edit distances."""
+    order = top_hypotheses(totals, top)
+    return order, [totals[i] for i in order], pairwise_distances([units[i] for i in order])
+
+
 def mbr_index(units: Sequence[Sequence[str]], totals: Sequence[float], temperature: float, top: int = MBR_TOP) -> int:
     """The index (into ``units``) of the hypothesis with the least expected errors; -1 for an empty list."""
     if not units:
         return -1
-    order = top_hypotheses(totals, top)
-    distances = pairwise_distances([units[i] for i in order])
-    return order[least_risk(distances, [totals[i] for i in order], temperature)]
+    order, top_totals, distances = mbr_evidence(units, totals, top)
+    return order[least_risk(distances, top_totals, temperature)]
+
+
+def best_mbr_temperature(evidence: Sequence[Evidence | None],
+                         errors: Callable[[int, int | None], int]) -> tuple[float, int]:
+    """The MBR temperature with the fewest dev errors, on a log grid scaled to the lists' spread of totals
+    (the lower temperature on a tie). ``evidence[u]`` is list u's (None: an empty list) and
+    ``errors(u, index)`` the errors of choosing its hypothesis ``index`` (None: the empty output)."""
+    spreads = [statistics.pstdev(item[1]) for item in evidence if item and len(item[1]) > 1]
+    scale = statistics.median(spreads) if spreads and statistics.median(spreads) > 0 else 1.0
+    best: tuple[int, float] | None = None
+    for k in range(-16, 13):
+        temperature = scale * 2 ** (k / 2)
+        total = 0
+        for u, item in enumerate(evidence):
+            if item is None:
+                total += errors(u, None)
+                continue
+            order, top_totals, distances = item
+            total += errors(u, order[least_risk(distances, top_totals, temperature)])
+        if best is None or total < best[0]:
+            best = (total, temperature)
+    return best[1], best[0]

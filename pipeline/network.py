@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipeline.alignment import align
+from pipeline.mbr import softmax
 
 Label = tuple[str, ...]  # the units an arc adds (empty: the empty arc)
 
@@ -38,18 +39,11 @@ class Network:
     paths: list[list[Label]]
 
 
-def first_pass_posteriors(scores: Sequence[float], temperature: float) -> list[float]:
-    top = max(scores)
-    exps = [math.exp((s - top) / temperature) for s in scores]
-    total = sum(exps)
-    return [e / total for e in exps]
-
-
 def build_network(units: Sequence[Sequence[str]], scores: Sequence[float], temperature: float) -> Network:
     """The confusion network of one list (see the module docstring); ``units`` per hypothesis."""
     if not units:
         return Network([], [])
-    posteriors = first_pass_posteriors(scores, temperature)
+    posteriors = softmax(scores, temperature)  # the first-pass posteriors
     if len({len(u) for u in units}) == 1:
         paths = [[(unit,) for unit in hyp] for hyp in units]
     else:

@@ -14,13 +14,12 @@ Ranking is stable: equal totals keep the first-pass order. ``best`` is the rank-
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from lm.scorer import SentenceScorer
 from pipeline.fields import FieldPresence
-from pipeline.mbr import least_risk, mbr_index, pairwise_distances, top_hypotheses
+from pipeline.mbr import mbr_index, softmax
 from pipeline.network import SearchWeights, join_units, network_candidates, slot_alternatives
 from pipeline.metrics import detect_unit, split_units
 from pipeline.weights import Weights, untuned_weights
@@ -39,28 +38,10 @@ def length_neutral_bonus(lm_terms: Sequence[float], lengths: Sequence[int]) -> f
     return -sum(lm_terms) / units if units else 0.0
 
 
-def softmax(totals: Sequence[float], temperature: float) -> list[float]:
-    """exp(total / T) normalised over the list: an n-best posterior (a confidence for each hypothesis)."""
-    if not totals:
-        return []
-    scaled = [t / temperature for t in totals]
-    top = max(scaled)
-    exps = [math.exp(v - top) for v in scaled]
-    norm = sum(exps)
-    return [e / norm for e in exps]
-
-
-def pool_top(pool: dict[str, float], unit: str):
-    """The most probable of a search's scored texts {text: total}: (texts, totals, pairwise edit distances)."""
-    texts = list(pool)
-    top = [texts[i] for i in top_hypotheses([pool[t] for t in texts])]
-    return top, [pool[t] for t in top], pairwise_distances([split_units(t, unit) for t in top])
-
-
 def pool_mbr(pool: dict[str, float], unit: str, temperature: float) -> str:
-    """The text of least expected errors among the most probable of a search's scored texts."""
-    texts, totals, distances = pool_top(pool, unit)
-    return texts[least_risk(distances, totals, temperature)]
+    """The text of least expected errors among the most probable of a search's scored texts {text: total}."""
+    texts = list(pool)
+    return texts[mbr_index([split_units(t, unit) for t in texts], list(pool.values()), temperature)]
 
 
 def text_length(text: str, unit: str) -> int:

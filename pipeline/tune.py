@@ -303,39 +303,17 @@ def fit_temperature(dev: DevSet, vector: torch.Tensor) -> float:
 
 
 def fit_mbr_temperature(dev: DevSet, vector: torch.Tensor, utterances: Sequence[dict], unit: str) -> tuple[float, int]:
-    """The MBR posterior temperature with the fewest dev errors (a log grid scaled to the totals' spread).
-
-    The candidates and their pairwise edit distances do not depend on the temperature: computed once.
-    """
-    from pipeline.mbr import least_risk, pairwise_distances, top_hypotheses
+    """The MBR posterior temperature with the fewest dev errors (:func:`pipeline.mbr.best_mbr_temperature`)."""
+    from pipeline.mbr import best_mbr_temperature, mbr_evidence
     from pipeline.metrics import split_units
 
     totals = dev.features @ vector
-    lists = []
+    evidence = []
     for u, utterance in enumerate(utterances):
-        n = len(utterance["hypotheses"])
-        if n == 0:
-            lists.append(None)
-            continue
-        row = totals[u, :n].tolist()
-        order = top_hypotheses(row)
-        units = [split_units(utterance["hypotheses"][i]["text"], unit) for i in order]
-        lists.append((order, [row[i] for i in order], pairwise_distances(units)))
-    spreads = [statistics.pstdev(t) for item in lists if item and len(item[1]) > 1 for t in [item[1]]]
-    scale = statistics.median(spreads) if spreads and statistics.median(spreads) > 0 else 1.0
-    best: tuple[int, float] | None = None
-    for k in range(-16, 13):
-        temperature = scale * 2 ** (k / 2)
-        errors = 0
-        for u, item in enumerate(lists):
-            if item is None:
-                errors += int(dev.errors[u, 0])
-                continue
-            order, top_totals, distances = item
-            errors += int(dev.errors[u, order[least_risk(distances, top_totals, temperature)]])
-        if best is None or errors < best[0]:
-            best = (errors, temperature)
-    return best[1], best[0]
+        hyps = utterance["hypotheses"]
+        evidence.append(mbr_evidence([split_units(h["text"], unit) for h in hyps], totals[u, :len(hyps)].tolist())
+                        if hyps else None)
+    return best_mbr_temperature(evidence, lambda u, index: int(dev.errors[u, 0 if index is None else index]))
 
 
 def error_curves(dev: DevSet, vector: torch.Tensor, free: list[str], points: int = 41) -> dict:

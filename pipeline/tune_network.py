@@ -8,9 +8,9 @@ from collections.abc import Sequence
 
 import torch
 
-from pipeline.metrics import error_counts
-from pipeline.mbr import least_risk
-from pipeline.rescore import Rescorer, pool_top, text_length
+from pipeline.mbr import best_mbr_temperature, mbr_evidence
+from pipeline.metrics import error_counts, split_units
+from pipeline.rescore import Rescorer, text_length
 from pipeline.tune import DevSet, search_weights
 
 log = logging.getLogger(__name__)
@@ -81,19 +81,20 @@ def errors_of(bests: dict[int, str], utterances: Sequence[dict], unit: str) -> i
 
 def fit_pool_mbr_temperature(pools: dict[int, dict[str, float]], utterances: Sequence[dict],
                              unit: str) -> tuple[float, int]:
-    """The temperature of the MBR choice among each list's scored candidates with the fewest dev errors
-    (a log grid scaled to the spread of the candidates' totals); ties keep the lower temperature."""
-    tops = {u: pool_top(pool, unit) for u, pool in pools.items()}  # independent of the temperature
-    spreads = [statistics.pstdev(totals) for _, totals, _ in tops.values() if len(totals) > 1]
-    scale = statistics.median(spreads) if spreads and statistics.median(spreads) > 0 else 1.0
-    best: tuple[int, float] | None = None
-    for k in range(-16, 13):
-        temperature = scale * 2 ** (k / 2)
-        bests = {u: texts[least_risk(distances, totals, temperature)] for u, (texts, totals, distances) in tops.items()}
-        errors = errors_of(bests, utterances, unit)
-        if best is None or errors < best[0]:
-            best = (errors, temperature)
-    return best[1], best[0]
+    """The temperature of the MBR choice among each list's scored candidates {text: total} with the fewest
+    dev errors (:func:`pipeline.mbr.best_mbr_temperature`)."""
+    texts = {u: list(pool) for u, pool in pools.items()}
+    evidence = [mbr_evidence([split_units(t, unit) for t in texts[u]], list(pools[u].values())) if u in pools else None
+                for u in range(len(utterances))]
+    counted: dict[tuple[int, int | None], int] = {}
+
+    def errors(u: int, index: int | None) -> int:
+        if (u, index) not in counted:
+            text = "" if index is None else texts[u][index]
+            counted[u, index] = error_counts(utterances[u]["reference"], text, unit).errors
+        return counted[u, index]
+
+    return best_mbr_temperature(evidence, errors)
 
 
 def network_dev_set(expanded: list[dict[str, float]], utterances: Sequence[dict], cache: dict, unit: str,

@@ -71,7 +71,7 @@ class Weights:
     def numbers(self) -> list[float]:
         return [self.lm_weight, self.length_bonus, self.backward_weight, self.posterior_temperature,
                 self.mbr_temperature, *self.score_fields.values(),
-                *(v for k, v in self.network.items() if not (k == "mbr_temperature" and v is None))]
+                *(v for v in self.network.values() if v is not None)]  # None: a setting not fitted
 
 
 def is_finite_number(value) -> bool:
