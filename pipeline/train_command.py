@@ -44,7 +44,8 @@ def run_train(corpus, output, valid, valid_fraction, exclude, vocab_size, model_
             ngram_order=ngram_order, ngram_min_count=ngram_min_count, keep_checkpoint=keep_checkpoint,
         )
         tokenizer_config = TokenizerConfig(vocab_size=vocab_size, model_type=model_type)
-        ModelConfig(vocab_size=vocab_size, **model_settings)  # check the options before any work
+        given = {name: value for name, value in model_settings.items() if value is not None}  # None: by the corpus
+        ModelConfig(vocab_size=vocab_size, **given)  # check the options before any work
         if ngram_order:
             check_order(ngram_order, vocab_size)
     except (TypeError, ValueError) as e:

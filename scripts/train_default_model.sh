@@ -12,6 +12,6 @@ if [[ -f data/default_model/model.pt && -z ${FORCE:-} ]]; then
 fi
 resume=(); [[ -f $work/train/last.pt ]] && resume=(--resume)
 asr-rescore train "$data/zh-rmrb/train.txt" "$data/en-kjv/train.txt" -o "$work" "${resume[@]}" \
-  --vocab-size 10000 --embedding-dim 256 --hidden-dim 384 --num-layers 2 --dropout 0.3 --ngram-min-count 3 \
+  --vocab-size 10000 --embedding-dim 256 --hidden-dim 384 --num-layers 2 --dropout 0.3 --weight-dropout 0 --embedding-dropout 0 --ngram-min-count 3 \
   --max-minutes "${MAX_MINUTES:-25}" --epochs 20 --threads "${THREADS:-0}" --direction forward
 python scripts/export_model.py "$work" data/default_model --dtype float16
