@@ -5,7 +5,7 @@ Every text is scored once over all splits (a memo in front of the LM), so ten sp
 than one. "as tuned" is what ``rescore --weights`` does with those weights (the search only where
 tune kept it). For the search's cost against plain rescoring, see scripts/compare_search.py.
 
-    python scripts/compare_methods.py ../shared/data/zh-rmrb/dev.nbest.json [-m MODEL_DIR] [--splits 10]
+    python scripts/compare_methods.py ../shared/data/zh-rmrb/dev.nbest.json [-m MODEL_DIR] [--splits 10] [--candidates N]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pipeline.metrics import detect_unit, error_counts
 from pipeline.models import default_model_dir
 from pipeline.nbest import read_nbest
 from pipeline.tune import first_pass_fields, tune_weights
-from pipeline.weights import Weights
+from pipeline.weights import NETWORK_DEFAULTS, Weights
 
 METHODS = {  # name: (decision, search, passes); None: what tune chose
     "plain": ("map", "none", None),
@@ -60,7 +60,10 @@ def main() -> None:
     parser.add_argument("dev", type=Path)
     parser.add_argument("-m", "--model", type=Path)
     parser.add_argument("--splits", type=int, default=10)
+    parser.add_argument("--candidates", type=int, help="paths expanded per list (default: as tune expands)")
     args = parser.parse_args()
+    if args.candidates:
+        NETWORK_DEFAULTS["candidates"] = args.candidates
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     utterances = [u for u in read_nbest(args.dev) if isinstance(u.get("reference"), str)]
     unit = detect_unit(u["reference"] for u in utterances)

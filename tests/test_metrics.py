@@ -163,3 +163,17 @@ _mixed_texts = st.text(alphabet="ab 历史", max_size=10)
 def test_oracle_is_no_worse_than_any_hypothesis(ref, hyps):
     best = oracle_counts(ref, hyps, "char")
     assert all(best.errors <= error_counts(ref, hyp, "char").errors for hyp in hyps)
+
+
+EDGES = st.sampled_from(["中", "か", "ア", "𠀀", "豈", "\u4dbf", "\u9fff", "\u3000", "ー", "〇", "a", "é", " ", "\t"])
+
+
+@settings(max_examples=300)
+@given(st.lists(st.text(alphabet=EDGES | st.characters(codec="utf-8"))))
+def test_cjk_fraction_counts_each_character_by_its_code_point_range(lines):
+    """The regular expressions (fast enough for every list) agree with the ranges checked one character at a time."""
+    from lm.tokenizer import CHARACTER_SCRIPT_RANGES, cjk_fraction
+
+    characters = [c for line in lines for c in line if not c.isspace()]
+    cjk = sum(any(low <= ord(c) <= high for low, high in CHARACTER_SCRIPT_RANGES) for c in characters)
+    assert cjk_fraction(lines) == (cjk / len(characters) if characters else 0.0)

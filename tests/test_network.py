@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.network import best_paths, build_network, join_units, network_candidates, path_logpost
 from pipeline.rescore import Rescorer, Weights
+from pipeline.weights import NETWORK_DEFAULTS
 from test_cli import write_json
 from test_rescore import TableScorer
 
@@ -88,7 +89,7 @@ def test_tune_with_search_records_it_and_rescore_applies_it(trained_model_dir, t
                                  "--search", "network"])
     assert result.exit_code == 0, result.output
     tuned = json.loads(weights.read_text())
-    assert tuned["weights"]["network"]["candidates"] == 50 and tuned["weights"]["network"]["passes"] in range(5)
+    assert tuned["weights"]["network"]["candidates"] == NETWORK_DEFAULTS["candidates"] and tuned["weights"]["network"]["passes"] in range(5)
     assert tuned["dev"]["network_oracle"] <= tuned["dev"]["oracle"]
     applied = runner.invoke(app, ["rescore", str(source), "-m", str(trained_model_dir), "--weights", str(weights),
                                   "--search", "network"])
@@ -131,7 +132,7 @@ def test_tune_turns_the_search_off_when_it_does_not_beat_plain_rescoring(caplog)
     weights, figures = tune_weights(Rescorer(TableScorer(table, default=-5.0)), utterances, "word",
                                     search="network")
     assert figures["tuned"] == 0
-    assert weights.search == "none" and weights.network["candidates"] == 50  # settings kept, search off
+    assert weights.search == "none" and weights.network["candidates"] == NETWORK_DEFAULTS["candidates"]  # kept, search off
     assert "no fewer than plain rescoring" in caplog.text
 
 
@@ -147,6 +148,17 @@ def test_tune_counts_the_passes_that_reach_a_reference_beyond_the_candidates():
     rescorer = Rescorer(TableScorer(table, default=-30.0), Weights(), unit="word")
     settings, figures = tune_network(rescorer, utterances, "word", candidates=1)
     assert settings["passes"] >= 1 and figures["search_errors"] == 0
+
+
+def test_tune_runs_at_least_one_pass_even_where_the_expanded_paths_alone_do_as_well_on_dev():
+    """Every path of these small networks is a candidate, so a pass changes nothing on the dev set; the
+    paths alone lost out of sample on every dev set measured (pipeline.tune_network.MAX_PASSES)."""
+    from pipeline.tune_network import tune_network
+
+    utterances, table = combination_dev_set()
+    rescorer = Rescorer(TableScorer(table, default=-30.0), Weights(), unit="word")
+    settings, figures = tune_network(rescorer, utterances, "word")
+    assert figures["search_errors"] == 0 and settings["passes"] == 1
 
 
 def test_the_input_bonus_keeps_an_input_hypothesis_against_a_new_text_the_lm_prefers():
