@@ -137,9 +137,11 @@ class SearchWeights:
                 + (self.backward_weight * backward if backward is not None else 0.0))
 
 
-def slot_alternatives(network: Network, labels: Sequence[Label], top: int = 4) -> list[tuple[int, Label, float]]:
+def slot_alternatives(network: Network, labels: Sequence[Label], top: int = 2) -> list[tuple[int, Label, float]]:
     """Single-slot changes of a path: (slot, other label, change in arc log posterior), the ``top``
-    most probable other arcs of each slot that has any."""
+    most probable other arcs of each slot that has any (2 as accurate as 4 on both dev sets, 10 splits:
+    en-kjv 27.43% against 27.44% WER, zh-rmrb 7.94% against 7.92% CER; en-kjv search time 1.85x
+    plain rescoring against 2.00x)."""
     changes = []
     for index, (slot, current) in enumerate(zip(network.slots, labels)):
         others = sorted(((p, label) for label, p in slot.items() if label != current), reverse=True)[:top]

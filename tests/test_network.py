@@ -270,3 +270,13 @@ def test_rescore_says_when_mbr_cannot_apply_to_the_search(trained_model_dir, tmp
     plain = runner.invoke(app, ["rescore", str(source), "-m", str(trained_model_dir), "--search", "network",
                                 "-o", str(tmp_path / "out2.json")])
     assert "MBR temperature" not in plain.stderr
+
+
+def test_single_slot_changes_offer_the_two_most_probable_other_arcs_of_each_slot():
+    from pipeline.network import slot_alternatives
+
+    units = [["a", "x"], ["b", "x"], ["c", "x"], ["d", "y"]]
+    network = build_network(units, [0.0, -1.0, -2.0, -3.0], temperature=1.0)
+    changes = slot_alternatives(network, network.paths[0])
+    assert [(slot, label) for slot, label, _ in changes] == [(0, ("b",)), (0, ("c",)), (1, ("y",))]
+    assert all(change < 0 for _, _, change in changes)  # each other arc is less probable than the best's
