@@ -60,11 +60,6 @@ CJK_CHARACTER = re.compile("[" + "".join(f"{chr(low)}-{chr(high)}" for low, high
 SPACE = re.compile(r"\s")
 
 
-def is_cjk(char: str) -> bool:
-    """True for CJK ideographs and kana (text written without spaces between words)."""
-    return CJK_CHARACTER.fullmatch(char) is not None
-
-
 def cjk_fraction(lines: Iterable[str]) -> float:
     """Fraction of non-space characters that are CJK ideographs or kana (regular expressions: rescoring
     asks this of every list)."""
