@@ -22,6 +22,11 @@ def perplexity_from_loss(loss: float) -> float:
     return math.exp(min(loss, 50))
 
 
+def kept_loss(row: dict) -> float:
+    """A validation row's loss of what training kept: the weight average's where it validated better."""
+    return row["average_valid_loss"] if row.get("kept") == "average" else row["valid_loss"]
+
+
 def append_metrics(out_dir: Path, row: dict) -> None:
     """Append one row, first cutting off a partial line left by a run killed mid-write."""
     path = Path(out_dir) / METRICS_FILE

@@ -29,6 +29,8 @@ FINISHED_FILE = "finished.json"
 # Options that may change between a run and its resume: they do not change what is being trained.
 RESUMABLE_CHANGES = frozenset({"epochs", "max_minutes", "patience", "threads", "device", "checkpoint_minutes",
                                "keep_checkpoint", "max_bad_steps", "show_progress"})
+# Options added since runs started recording run.json, with the value that does what older runs did.
+ADDED_OPTIONS = {"average_power": 0.0}
 
 
 def check_out_dir(out_dir: Path, resume: bool) -> None:
@@ -51,7 +53,7 @@ def record_run_options(work_dir: Path, options: dict, resume: bool) -> None:
         return
     path = work_dir / RUN_FILE
     if resume and path.is_file():
-        saved = json.loads(path.read_text(encoding="utf-8"))
+        saved = {**ADDED_OPTIONS, **json.loads(path.read_text(encoding="utf-8"))}
         changed = sorted(k for k in set(saved) | set(options)
                          if k not in RESUMABLE_CHANGES and saved.get(k) != options.get(k))
         if changed:
@@ -72,6 +74,7 @@ def save_checkpoint(session: Session) -> None:
         "format_version": FORMAT_VERSION,
         "model": session.model.state_dict(),
         "optimizer": session.optimizer.state_dict(),
+        **({"average": session.average.state_dict()} if session.average is not None else {}),
         "state": asdict(state),
         "rng": torch.get_rng_state(),
         "config": json.dumps(asdict(session.config)),
@@ -88,6 +91,8 @@ def load_checkpoint(session: Session) -> bool:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         session.model.load_state_dict(payload["model"])
         session.optimizer.load_state_dict(payload["optimizer"])
+        if session.average is not None and "average" in payload:
+            session.average.load_state_dict(payload["average"])
         state = TrainState(**payload["state"])
     except Exception as e:
         raise TrainingError(f"{path}: cannot resume from this checkpoint ({str(e).splitlines()[0][:200]})") from e

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.optim.swa_utils import AveragedModel
 
 from lm import distributed
 from lm.data import TokenizedCorpus, collate
@@ -52,6 +53,7 @@ class TrainConfig:
     ngram_order: int = 4  # Kneser-Ney n-gram interpolated with the network; 0: none
     ngram_min_count: int = 1  # drop n-grams (order 2+) seen fewer times, for a smaller model
     keep_checkpoint: bool = False  # keep train/last.pt after a finished run
+    average_power: float = 7.0  # power EMA of the weights, validated beside them (lm.averaging); 0: none
 
     def __post_init__(self) -> None:
         at_least = {"epochs": 1, "batch_tokens": 1, "patience": 1, "max_length": 2, "ngram_min_count": 1,
@@ -59,7 +61,7 @@ class TrainConfig:
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")
-        for name in ("lr", "clip", "weight_decay", "min_lr_ratio", "checkpoint_minutes", "max_minutes"):
+        for name in ("lr", "clip", "weight_decay", "min_lr_ratio", "checkpoint_minutes", "max_minutes", "average_power"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
@@ -81,6 +83,7 @@ class TrainState:
     elapsed_s: float = 0.0
     best_valid_loss: float = math.inf
     rnn_weight: float = 1.0  # the network's share in the n-gram mixture of the best model
+    best_is_average: bool = False  # the best model is the weight average, not the network as trained
     bad_epochs: int = 0
     bad_steps: int = 0
     clipped_steps: int = 0
@@ -105,6 +108,7 @@ class Session:
     record: dict
     state: TrainState = field(default_factory=TrainState)
     ddp_model: torch.nn.Module | None = None
+    average: AveragedModel | None = None  # the moving average of the weights (lm.averaging)
     ngram: NgramModel | None = None
     valid_ngram_logprobs: torch.Tensor | None = None  # the n-gram's validation scores, computed once
     stop_requested: bool = False
@@ -127,15 +131,18 @@ def elapsed_s(session: Session) -> float:
     return session.state.elapsed_s + time.monotonic() - session.started_at
 
 
-def forward_batch(session: Session, batch: torch.Tensor, train: bool):
-    """Run one batch of sentence indices: (N, L) NLL (padding 0) and the batch's x, y, lengths on the CPU."""
+def forward_batch(session: Session, batch: torch.Tensor, train: bool, model: torch.nn.Module | None = None):
+    """Run one batch of sentence indices: (N, L) NLL (padding 0) and the batch's x, y, lengths on the CPU.
+
+    ``model`` defaults to the network being trained (DDP-wrapped in training)."""
     corpus = session.train_corpus if train else session.valid_corpus
     x, y, lengths = collate(corpus, batch, session.tokenizer, session.config.max_length)
     non_blocking = session.device.type == "cuda"
     inputs, targets = (x.pin_memory(), y.pin_memory()) if non_blocking else (x, y)
     inputs = inputs.to(session.device, non_blocking=non_blocking)
     targets = targets.to(session.device, non_blocking=non_blocking)
-    model = session.ddp_model if train and session.ddp_model is not None else session.model
+    if model is None:
+        model = session.ddp_model if train and session.ddp_model is not None else session.model
     with torch.autocast(session.device.type, dtype=torch.bfloat16, enabled=session.use_bf16):
         nll = model(inputs, targets, lengths)
     return nll, x, y, lengths

@@ -32,6 +32,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from lm import distributed
+from lm.averaging import make_average
 from lm.checkpoint import save_model_dir
 from lm.data import TokenizedCorpus, make_batches
 from lm.device import resolve_device
@@ -94,6 +95,8 @@ def optimizer_step(session: Session, loss: torch.Tensor, tokens: int, lr: float)
         log.warning("step %d: non-finite loss or gradient, step skipped", state.step)
         return None
     session.optimizer.step()
+    if session.average is not None:
+        session.average.update_parameters(session.model)
     state.step += 1
     return value
 
@@ -150,19 +153,25 @@ def record_train_loss(session: Session, value: float | None) -> None:
 
 
 def end_of_epoch(session: Session, epoch_done: bool) -> None:
-    """Validate, keep the best model, log metrics, and move the position to the next epoch."""
+    """Validate the network and its weight average, keep the better one if it is the best so far, log
+    metrics, and move the position to the next epoch."""
     state = session.state
     validation = validate(session)
+    averaged = validate(session, session.average.module) if session.average is not None else None
+    use_average = averaged is not None and averaged.loss < validation.loss
+    kept = averaged if use_average else validation
     if epoch_done:  # before saving, so that config.json counts this epoch in "epochs_done"
         state.epoch, state.batch_index = state.epoch + 1, 0
-    improved = validation.loss < state.best_valid_loss
+    improved = kept.loss < state.best_valid_loss
     if improved:
-        state.best_valid_loss, state.rnn_weight, state.bad_epochs = validation.loss, validation.rnn_weight, 0
+        state.best_valid_loss, state.rnn_weight, state.bad_epochs = kept.loss, kept.rnn_weight, 0
+        state.best_is_average = use_average
         if session.world.is_main:
-            save_model_dir(session.out_dir, session.model, session.tokenizer, model_record(session), ngram=session.ngram)
+            model = session.average.module if use_average else session.model
+            save_model_dir(session.out_dir, model, session.tokenizer, model_record(session), ngram=session.ngram)
     elif epoch_done:
         state.bad_epochs += 1
-    write_metrics(session, validation, improved, epoch_done)
+    write_metrics(session, validation, averaged, improved, epoch_done)
 
 
 def model_record(session: Session) -> dict:
@@ -173,6 +182,7 @@ def model_record(session: Session) -> dict:
         "training": {**asdict(session.config), "steps": session.state.step, "epochs_done": session.state.epoch,
                      "warmup_steps_used": session.state.warmup_steps},
         "best_valid_loss": session.state.best_valid_loss,
+        "weights": "average" if session.state.best_is_average else "network",
         "valid_ppl_token": perplexity_from_loss(session.state.best_valid_loss),
     }
     if session.ngram is not None:
@@ -185,7 +195,9 @@ def model_record(session: Session) -> dict:
     return record
 
 
-def write_metrics(session: Session, validation: Validation, improved: bool, epoch_done: bool) -> None:
+def write_metrics(session: Session, validation: Validation, averaged: Validation | None, improved: bool,
+                  epoch_done: bool) -> None:
+    """One ``valid`` row of ``metrics.jsonl``: the network's validation, and its weight average's if any."""
     if not session.world.is_main:
         return
     state = session.state
@@ -201,13 +213,18 @@ def write_metrics(session: Session, validation: Validation, improved: bool, epoc
         "rnn_valid_loss": validation.rnn_loss,
         "rnn_weight": validation.rnn_weight,
         "best": improved,
+        **({"average_valid_loss": averaged.loss, "average_rnn_valid_loss": averaged.rnn_loss,
+            "average_rnn_weight": averaged.rnn_weight} if averaged is not None else {}),
+        "kept": "average" if averaged is not None and averaged.loss < validation.loss else "network",
         "clipped_fraction": state.clipped_steps / max(state.step, 1),
         "skipped_steps": state.bad_steps,
     }
     append_metrics(session.out_dir, row)
+    average = "" if averaged is None else (
+        f"; weight average {perplexity_from_loss(averaged.loss):.2f} ({perplexity_from_loss(averaged.rnn_loss):.2f})")
     log.info(
-        "epoch %s: valid ppl/token %.2f (network alone %.2f)%s", row["epoch"], row["valid_ppl_token"],
-        perplexity_from_loss(validation.rnn_loss), " (best)" if improved else "",
+        "epoch %s: valid ppl/token %.2f (network alone %.2f)%s%s", row["epoch"], row["valid_ppl_token"],
+        perplexity_from_loss(validation.rnn_loss), average, " (best)" if improved else "",
     )
 
 
@@ -247,10 +264,11 @@ def build_session(
     model.init_output_bias(data.train.target_counts(model_config.vocab_size, data.tokenizer.eos_id))
     model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    average = make_average(model, config.average_power) if config.average_power else None
     record = {**(provenance or {}), "seed": config.seed, "tokenizer": asdict(tokenizer_config), "corpus": data.statistics}
     return Session(
         model=model, optimizer=optimizer, tokenizer=data.tokenizer, train_corpus=data.train, valid_corpus=data.valid,
-        config=config, device=device, world=world, out_dir=out_dir, record=record, ngram=ngram,
+        config=config, device=device, world=world, out_dir=out_dir, record=record, ngram=ngram, average=average,
     )
 
 

@@ -25,19 +25,21 @@ class Validation:
     rnn_weight: float = 1.0
 
 
-def validate(session: Session) -> Validation:
-    """Score the validation set (all ranks), fitting the n-gram mixture weight on it when there is one."""
-    session.model.eval()
+def validate(session: Session, model: torch.nn.Module | None = None) -> Validation:
+    """Score the validation set (all ranks) with ``model`` (the network being trained unless given),
+    fitting the n-gram mixture weight on it when there is one."""
+    model = session.model if model is None else model
+    model.eval()
     rnn, ngram = [], []
     with torch.inference_mode():
         for batch in validation_batches(session):
-            nll, x, y, lengths = forward_batch(session, batch, train=False)
+            nll, x, y, lengths = forward_batch(session, batch, train=False, model=model)
             real = torch.arange(x.shape[1])[None, :] < lengths[:, None]
             rnn.append(-nll.double().cpu()[real])
             if session.ngram is not None and session.valid_ngram_logprobs is None:
                 histories = history_windows(x, session.ngram.history_width)[real]
                 ngram.append(session.ngram.logprobs(histories, y[real]))
-    session.model.train()
+    model.train()
     rnn_logprobs = torch.cat(rnn) if rnn else torch.zeros(0, dtype=torch.float64)
     total, tokens = distributed.all_reduce_sum([-float(rnn_logprobs.sum()), float(rnn_logprobs.numel())], session.world)
     rnn_loss = total / max(tokens, 1.0)
