@@ -7,6 +7,8 @@ which weights step s of the run so far in proportion to ``s^power``. Its reach i
 known in advance, where a fixed EMA decay would average too little of a long run or too much of a short one.
 The network and the average are both validated; training keeps whichever is better (:mod:`lm.train`).
 torch's :class:`~torch.optim.swa_utils.AveragedModel` holds the copy; this module only supplies the update.
+Off by default (``--average-power 0``): with the cosine decay to 2% of the peak learning rate the last
+steps barely move, and on zh-rmrb the average (power 7) validated worse than the network at all 28 epochs.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-DEFAULT_POWER = 7.0
 
 
 def power_ema_beta(updates: int, power: float) -> float:

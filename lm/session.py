@@ -53,7 +53,7 @@ class TrainConfig:
     ngram_order: int = 4  # Kneser-Ney n-gram interpolated with the network; 0: none
     ngram_min_count: int = 1  # drop n-grams (order 2+) seen fewer times, for a smaller model
     keep_checkpoint: bool = False  # keep train/last.pt after a finished run
-    average_power: float = 7.0  # power EMA of the weights, validated beside them (lm.averaging); 0: none
+    average_power: float = 0.0  # power EMA of the weights, validated beside them (lm.averaging); 0: none
 
     def __post_init__(self) -> None:
         at_least = {"epochs": 1, "batch_tokens": 1, "patience": 1, "max_length": 2, "ngram_min_count": 1,

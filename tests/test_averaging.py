@@ -39,7 +39,7 @@ def test_the_average_keeps_the_embedding_and_output_layer_tied():
 def session(tmp_path):
     """A tiny model after a few training steps, its average a copy of it, nothing saved yet."""
     corpus = write_lines(tmp_path / "corpus.txt", CORPUS, repeat=2)
-    config = tiny_train_config(batch_tokens=128, device="cpu")
+    config = tiny_train_config(batch_tokens=128, device="cpu", average_power=7.0)
     session = build_session([corpus], tmp_path / "lm", TINY_MODEL, TokenizerConfig(vocab_size=100), config, None, ())
     session.average.update_parameters(session.model)
     return session

@@ -69,12 +69,12 @@ def test_resume_refuses_options_that_change_what_is_trained(tmp_path, corpus):
 def test_a_run_from_before_weight_averaging_resumes_without_it(tmp_path, corpus):
     """Its run.json has no average_power: it trained without an average, and resumes only that way."""
     out = tmp_path / "lm"
-    train(out, corpus, config(keep_checkpoint=True, epochs=1, average_power=0.0))
+    train(out, corpus, config(keep_checkpoint=True, epochs=1))
     run_file = out / "train" / "run.json"
     run_file.write_text(json.dumps({k: v for k, v in json.loads(run_file.read_text()).items() if k != "average_power"}))
     with pytest.raises(TrainingError, match=r"average_power: 0.0 then, 7.0 now"):
-        train(out, corpus, config(keep_checkpoint=True, epochs=2), resume=True)
-    state = train(out, corpus, config(keep_checkpoint=True, epochs=2, average_power=0.0), resume=True)
+        train(out, corpus, config(keep_checkpoint=True, epochs=2, average_power=7.0), resume=True)
+    state = train(out, corpus, config(keep_checkpoint=True, epochs=2), resume=True)
     assert state.finished and state.epoch == 1  # accepted (the run had finished: nothing to do)
 
 

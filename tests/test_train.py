@@ -34,8 +34,10 @@ VOCAB_SIZE = 100
 
 
 def small_config(**overrides) -> TrainConfig:
-    """About 20 steps in 4 epochs on ``small_corpus``; a checkpoint after every step, kept at the end."""
-    return tiny_train_config(**{"epochs": 4, "batch_tokens": 128, "device": "cpu", "keep_checkpoint": True, **overrides})
+    """About 20 steps in 4 epochs on ``small_corpus``; a checkpoint after every step, kept at the end; a weight
+    average (so that the resume tests cover it)."""
+    return tiny_train_config(**{"epochs": 4, "batch_tokens": 128, "device": "cpu", "keep_checkpoint": True,
+                                "average_power": 7.0, **overrides})
 
 
 def train(out: Path, corpus: Path, config: TrainConfig | None = None, model: dict | None = None,
