@@ -17,7 +17,6 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 
 
-
 def power_ema_beta(updates: int, power: float) -> float:
     """The share of the old average kept at update number ``updates`` (1 = the first, a copy)."""
     return (1.0 - 1.0 / updates) ** (power + 1.0)

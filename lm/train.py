@@ -171,7 +171,7 @@ def end_of_epoch(session: Session, epoch_done: bool) -> None:
             save_model_dir(session.out_dir, model, session.tokenizer, model_record(session), ngram=session.ngram)
     elif epoch_done:
         state.bad_epochs += 1
-    write_metrics(session, validation, averaged, improved, epoch_done)
+    write_metrics(session, validation, averaged, use_average, improved, epoch_done)
 
 
 def model_record(session: Session) -> dict:
@@ -195,8 +195,8 @@ def model_record(session: Session) -> dict:
     return record
 
 
-def write_metrics(session: Session, validation: Validation, averaged: Validation | None, improved: bool,
-                  epoch_done: bool) -> None:
+def write_metrics(session: Session, validation: Validation, averaged: Validation | None, use_average: bool,
+                  improved: bool, epoch_done: bool) -> None:
     """One ``valid`` row of ``metrics.jsonl``: the network's validation, and its weight average's if any."""
     if not session.world.is_main:
         return
@@ -215,7 +215,7 @@ def write_metrics(session: Session, validation: Validation, averaged: Validation
         "best": improved,
         **({"average_valid_loss": averaged.loss, "average_rnn_valid_loss": averaged.rnn_loss,
             "average_rnn_weight": averaged.rnn_weight} if averaged is not None else {}),
-        "kept": "average" if averaged is not None and averaged.loss < validation.loss else "network",
+        "kept": "average" if use_average else "network",
         "clipped_fraction": state.clipped_steps / max(state.step, 1),
         "skipped_steps": state.bad_steps,
     }

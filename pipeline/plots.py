@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from lm.metrics_log import kept_loss, read_metrics
+from lm.metrics_log import kept_loss, perplexity_from_loss, read_metrics
 from pipeline.errors import UsageError
 
 
@@ -49,11 +49,11 @@ def plot_training(model_dir: Path, output: Path) -> int:
     if any("rnn_valid_loss" in r for r in valid):
         ppl.plot(steps, [math.exp(min(r.get("rnn_valid_loss", math.inf), 50)) for r in valid], "s--", label="network alone")
     if any("average_valid_loss" in r for r in valid):
-        ppl.plot(steps, [math.exp(min(r.get("average_valid_loss", math.inf), 50)) for r in valid], "^:",
+        ppl.plot(steps, [perplexity_from_loss(r.get("average_valid_loss", math.inf)) for r in valid], "^:",
                  label="weight average (mixture)")
     best = [r for r in valid if r.get("best")]
     if best:
-        ppl.plot([best[-1]["step"]], [math.exp(min(kept_loss(best[-1]), 50))], "*", markersize=14, label="kept (best)")
+        ppl.plot([best[-1]["step"]], [perplexity_from_loss(kept_loss(best[-1]))], "*", markersize=14, label="kept (best)")
     ppl.set(title="validation perplexity per token", yscale="log")
     ppl.legend()
     net.plot([r["step"] for r in train], [r["train_loss"] for r in train], "-", color="tab:orange", label="training")
