@@ -4,10 +4,14 @@ A network with many weights per training token memorises its corpus within the t
 (314k training tokens, 0.038 per weight of the default network) the default settings overfit after
 epoch 10, and ``SMALL_CORPUS`` settings lowered dev CER from 8.42% to 7.97%. On en-kjv (794k tokens,
 0.096 per weight), which does not overfit in the budget, the same settings cost 0.2 points of WER. The
-threshold lies between the two. A setting the caller gives is kept as given; the rule fills the others.
+threshold lies between the two. The strong settings also need epochs: with fewer than
+``MIN_EPOCHS_FOR_SMALL_CORPUS`` in the budget (a slow or busy machine, or a small ``--epochs``) the
+large-corpus settings are used instead. A setting the caller gives is kept as given; the rule fills the others.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from lm.model import ModelConfig, RnnLanguageModel
 
@@ -15,6 +19,7 @@ REGULARISERS = ("dropout", "weight_dropout", "embedding_dropout")
 LARGE_CORPUS = {"dropout": 0.4, "weight_dropout": 0.0, "embedding_dropout": 0.0}
 SMALL_CORPUS = {"dropout": 0.5, "weight_dropout": 0.3, "embedding_dropout": 0.1}
 SMALL_CORPUS_TOKENS_PER_WEIGHT = 0.06  # between zh-rmrb's 0.038 (overfits) and en-kjv's 0.096 (does not)
+MIN_EPOCHS_FOR_SMALL_CORPUS = 16  # zh-rmrb: the strong settings won with 30 epochs, tied with 16, lost with 4
 
 
 def count_weights(model_settings: dict, vocab_size: int) -> int:
@@ -24,20 +29,30 @@ def count_weights(model_settings: dict, vocab_size: int) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def resolve_regularisation(model_settings: dict, train_tokens: int, vocab_size: int) -> tuple[dict, str | None]:
+def resolve_regularisation(
+    model_settings: dict, train_tokens: int, vocab_size: int, epochs: Callable[[dict], float] | None = None,
+) -> tuple[dict, str | None]:
     """``model_settings`` with every regulariser it leaves unset (absent or None) chosen by the corpus.
 
-    Returns the settings and a line saying what was chosen and why, or None when all were given.
+    For a small corpus, ``epochs(settings)`` (when given) says how many epochs the run can train with the
+    small-corpus settings; too few, and the large-corpus ones are used. Returns the settings and a line
+    saying what was chosen and why, or None when all were given.
     """
     missing = [name for name in REGULARISERS if model_settings.get(name) is None]
     if not missing:
         return dict(model_settings), None
     per_weight = train_tokens / count_weights(model_settings, vocab_size)
     small = per_weight < SMALL_CORPUS_TOKENS_PER_WEIGHT
-    chosen = {name: (SMALL_CORPUS if small else LARGE_CORPUS)[name] for name in missing}
-    settings = {**model_settings, **chosen}
     why = f"under {SMALL_CORPUS_TOKENS_PER_WEIGHT:g}: a small corpus, which the network would memorise" if small \
         else f"at least {SMALL_CORPUS_TOKENS_PER_WEIGHT:g}"
+    if small and epochs is not None:
+        available = epochs({**model_settings, **{name: SMALL_CORPUS[name] for name in missing}})
+        if available < MIN_EPOCHS_FOR_SMALL_CORPUS:
+            small = False
+            why += (f", but the budget allows about {available:.1f} epochs, fewer than the"
+                    f" {MIN_EPOCHS_FOR_SMALL_CORPUS} its strong settings need")
+    chosen = {name: (SMALL_CORPUS if small else LARGE_CORPUS)[name] for name in missing}
+    settings = {**model_settings, **chosen}
     values = " ".join(f"--{name.replace('_', '-')} {value:g}" for name, value in chosen.items())
     note = f"{train_tokens:,} training tokens, {per_weight:.3f} per network weight ({why}): {values}"
     return settings, note

@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lm import distributed
 from lm.averaging import make_average
+from lm.budget import planned_epochs, time_training_steps
 from lm.checkpoint import save_model_dir
 from lm.data import TokenizedCorpus, make_batches
 from lm.device import resolve_device
@@ -254,22 +255,33 @@ def build_session(
         corpus_paths, out_dir / "train", tokenizer_config, config, valid_paths, exclude_paths, world, tokenizer_source
     )
     ngram = build_ngram(data.train, data.tokenizer, config)
+    record = {**(provenance or {}), "seed": config.seed, "tokenizer": asdict(tokenizer_config), "corpus": data.statistics}
+
+    def new_session(settings: dict) -> Session:
+        model_config = ModelConfig(vocab_size=data.tokenizer.vocab_size, **settings)
+        torch.manual_seed(config.seed)
+        model = RnnLanguageModel(model_config)
+        model.init_output_bias(data.train.target_counts(model_config.vocab_size, data.tokenizer.eos_id))
+        model = model.to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        average = make_average(model, config.average_power) if config.average_power else None
+        return Session(
+            model=model, optimizer=optimizer, tokenizer=data.tokenizer, train_corpus=data.train,
+            valid_corpus=data.valid, config=config, device=device, world=world, out_dir=out_dir, record=record,
+            ngram=ngram, average=average,
+        )
+
+    def budget_epochs(settings: dict) -> float:  # times a throwaway network with these settings when needed
+        probe = new_session(settings)
+        batches = epoch_batches(probe)
+        return planned_epochs(probe.work_dir, lambda: time_training_steps(probe, batches), len(batches), config,
+                              world.is_main)
+
     model_settings, note = resolve_regularisation(model_settings, data.statistics["train"]["tokens"],
-                                                  data.tokenizer.vocab_size)
+                                                  data.tokenizer.vocab_size, budget_epochs)
     if note and world.is_main:
         log.info(note)
-    model_config = ModelConfig(vocab_size=data.tokenizer.vocab_size, **model_settings)
-    torch.manual_seed(config.seed)
-    model = RnnLanguageModel(model_config)
-    model.init_output_bias(data.train.target_counts(model_config.vocab_size, data.tokenizer.eos_id))
-    model = model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    average = make_average(model, config.average_power) if config.average_power else None
-    record = {**(provenance or {}), "seed": config.seed, "tokenizer": asdict(tokenizer_config), "corpus": data.statistics}
-    return Session(
-        model=model, optimizer=optimizer, tokenizer=data.tokenizer, train_corpus=data.train, valid_corpus=data.valid,
-        config=config, device=device, world=world, out_dir=out_dir, record=record, ngram=ngram, average=average,
-    )
+    return new_session(model_settings)
 
 
 def build_ngram(corpus: TokenizedCorpus, tokenizer: Tokenizer, config: TrainConfig) -> NgramModel | None:

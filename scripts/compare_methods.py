@@ -6,6 +6,9 @@ than one. "as tuned" is what ``rescore --weights`` does with those weights (the 
 tune kept it). For the search's cost against plain rescoring, see scripts/compare_search.py.
 
     python scripts/compare_methods.py ../shared/data/zh-rmrb/dev.nbest.json [-m MODEL_DIR] [--splits 10] [--candidates N]
+
+``--plain-only`` tunes and measures plain rescoring alone (no search, no MBR): minutes instead of tens of
+minutes, for comparing models.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ def main() -> None:
     parser.add_argument("-m", "--model", type=Path)
     parser.add_argument("--splits", type=int, default=10)
     parser.add_argument("--candidates", type=int, help="paths expanded per list (default: as tune expands)")
+    parser.add_argument("--plain-only", action="store_true", help="tune and measure plain rescoring only")
     args = parser.parse_args()
     if args.candidates:
         NETWORK_DEFAULTS["candidates"] = args.candidates
@@ -75,17 +79,19 @@ def main() -> None:
     if rescorer.backward_scorer is not None:
         rescorer.backward_scorer = Memo(rescorer.backward_scorer)
     initial = rescorer.weights
-    rates: dict[str, list[float]] = {name: [] for name in METHODS}
+    methods = {"plain": METHODS["plain"]} if args.plain_only else METHODS
+    decision, search = ("map", "none") if args.plain_only else ("mbr", "network")
+    rates: dict[str, list[float]] = {name: [] for name in methods}
     for seed in range(args.splits):
         order = list(range(len(utterances)))
         random.Random(seed).shuffle(order)
         tune_half = [utterances[i] for i in sorted(order[: len(order) // 2])]
         test_half = [utterances[i] for i in sorted(order[len(order) // 2:])]
         rescorer.weights = copy.deepcopy(initial)
-        tuned, _ = tune_weights(rescorer, tune_half, unit, decision="mbr", search="network")
-        for name, (decision, search, passes) in METHODS.items():
+        tuned, _ = tune_weights(rescorer, tune_half, unit, decision=decision, search=search)
+        for name, (method_decision, method_search, passes) in methods.items():
             weights = copy.deepcopy(tuned)
-            weights.decision, weights.search = decision, search or tuned.search
+            weights.decision, weights.search = method_decision, method_search or tuned.search
             weights.network["passes"] = tuned.network["passes"] if passes is None else passes
             rates[name].append(error_rate(rescorer, weights, test_half, unit))
         print(f"split {seed}: " + ", ".join(f"{name} {100 * r[-1]:.2f}%" for name, r in rates.items())

@@ -5,9 +5,13 @@ import json
 import pytest
 
 from conftest import tiny_train_config
-from lm import regularisation
+from lm import regularisation, train
+from lm.budget import BUDGET_FILE, epochs_in_budget, planned_epochs
 from lm.launch import run
-from lm.regularisation import LARGE_CORPUS, SMALL_CORPUS, count_weights, resolve_regularisation
+from lm.regularisation import (
+    LARGE_CORPUS, MIN_EPOCHS_FOR_SMALL_CORPUS, SMALL_CORPUS, count_weights, resolve_regularisation,
+)
+from lm.session import TrainConfig
 from lm.tokenizer import TokenizerConfig
 
 ARCHITECTURE = dict(embedding_dim=16, hidden_dim=24, num_layers=2, cell="lstm", tie_weights=True)
@@ -47,6 +51,7 @@ def test_a_given_setting_is_kept_and_only_the_unset_ones_follow_the_corpus():
 def test_training_records_the_settings_the_corpus_chose(tmp_path, corpus_file, monkeypatch, caplog, small):
     # the tiny corpus has about one token per weight of this network: the threshold decides which it is
     monkeypatch.setattr(regularisation, "SMALL_CORPUS_TOKENS_PER_WEIGHT", 100.0 if small else 0.01)
+    monkeypatch.setattr(regularisation, "MIN_EPOCHS_FOR_SMALL_CORPUS", 1)  # its one epoch is enough
     architecture = dict(embedding_dim=16, hidden_dim=16, num_layers=1)
     with caplog.at_level("INFO"):
         run([corpus_file], tmp_path / "lm", architecture, TokenizerConfig(vocab_size=120), tiny_train_config(epochs=1),
@@ -55,3 +60,75 @@ def test_training_records_the_settings_the_corpus_chose(tmp_path, corpus_file, m
     expected = SMALL_CORPUS if small else LARGE_CORPUS
     assert {name: recorded[name] for name in expected} == expected
     assert "per network weight" in caplog.text
+
+
+def test_a_small_corpus_gets_the_strong_settings_only_when_the_budget_allows_the_epochs_they_need():
+    asked = []
+
+    def epochs(settings):
+        asked.append({name: settings[name] for name in SMALL_CORPUS})
+        return available
+
+    available = MIN_EPOCHS_FOR_SMALL_CORPUS
+    settings, _ = resolve_regularisation(ARCHITECTURE, 10, 50, epochs)
+    assert {name: settings[name] for name in SMALL_CORPUS} == SMALL_CORPUS
+    assert asked == [SMALL_CORPUS]  # the budget is timed with the settings it would train with
+    available = MIN_EPOCHS_FOR_SMALL_CORPUS - 0.5
+    settings, note = resolve_regularisation(ARCHITECTURE, 10, 50, epochs)
+    assert {name: settings[name] for name in LARGE_CORPUS} == LARGE_CORPUS
+    assert f"about {available:.1f} epochs" in note and "--dropout 0.4" in note
+
+
+def test_the_budget_is_not_timed_where_the_corpus_or_the_caller_decides():
+    def never(settings):
+        raise AssertionError("timed the budget")
+
+    resolve_regularisation(ARCHITECTURE, int(threshold_tokens()) + 1, 50, never)  # a large corpus
+    given = {**ARCHITECTURE, "dropout": 0.5, "weight_dropout": 0.3, "embedding_dropout": 0.1}
+    assert resolve_regularisation(given, 10, 50, never) == (given, None)
+
+
+def test_the_epochs_in_a_budget_are_the_budget_over_an_epochs_time_and_at_most_the_epochs_asked():
+    assert epochs_in_budget(0.5, 200, 50.0, 30) == pytest.approx(30.0)  # 100 s an epoch: 30 of 30 fit
+    assert epochs_in_budget(3.0, 200, 50.0, 30) == pytest.approx(5.0)  # 600 s an epoch
+    assert epochs_in_budget(3.0, 200, None, 30) == 30.0  # no budget: the epochs asked
+
+
+def test_the_budget_is_measured_once_and_a_resumed_run_reads_it(tmp_path):
+    config = TrainConfig(max_minutes=10.0, epochs=30)
+    measured = []
+
+    def measure():
+        measured.append(1)
+        return 3.0
+
+    assert planned_epochs(tmp_path, measure, 100, config, is_main=True) == pytest.approx(2.0)
+    assert planned_epochs(tmp_path, measure, 100, config, is_main=True) == pytest.approx(2.0)
+    assert len(measured) == 1
+    assert json.loads((tmp_path / BUDGET_FILE).read_text())["seconds_per_step"] == 3.0
+    longer = TrainConfig(max_minutes=40.0, epochs=30)  # another budget: measured again, not read
+    assert planned_epochs(tmp_path, measure, 100, longer, is_main=True) == pytest.approx(8.0)
+    (tmp_path / BUDGET_FILE).write_text("{not json")
+    assert planned_epochs(tmp_path, measure, 100, longer, is_main=True) == pytest.approx(8.0)
+    assert len(measured) == 3
+    assert planned_epochs(tmp_path, lambda: 1 / 0, 100, TrainConfig(max_minutes=None, epochs=7), True) == 7.0
+
+
+@pytest.mark.parametrize("slow", [True, False])
+def test_training_on_a_small_corpus_times_its_steps_and_drops_the_strong_settings_on_a_slow_machine(
+    tmp_path, corpus_file, monkeypatch, caplog, slow
+):
+    monkeypatch.setattr(regularisation, "SMALL_CORPUS_TOKENS_PER_WEIGHT", 100.0)  # the tiny corpus is small
+    monkeypatch.setattr(regularisation, "MIN_EPOCHS_FOR_SMALL_CORPUS", 1)  # and its one epoch is enough
+    if slow:  # a step of an hour: not one epoch fits in the budget
+        monkeypatch.setattr(train, "time_training_steps", lambda session, batches: 3600.0)
+    architecture = dict(embedding_dim=16, hidden_dim=16, num_layers=1)
+    with caplog.at_level("INFO"):
+        run([corpus_file], tmp_path / "lm", architecture, TokenizerConfig(vocab_size=120),
+            tiny_train_config(epochs=1, max_minutes=5.0), show_progress=False)
+    recorded = json.loads((tmp_path / "lm" / "config.json").read_text())["model"]
+    expected = LARGE_CORPUS if slow else SMALL_CORPUS
+    assert {name: recorded[name] for name in expected} == expected
+    budget = json.loads((tmp_path / "lm" / "train" / BUDGET_FILE).read_text())
+    assert budget["seconds_per_step"] == 3600.0 if slow else 0 < budget["seconds_per_step"] < 60
+    assert ("the budget allows about" in caplog.text) == slow

@@ -1,0 +1,75 @@
+"""How many epochs a run's time budget allows, timed on a few training steps before the run starts.
+
+The regularisation rule (:mod:`lm.regularisation`) needs it: the small-corpus settings pay only when
+the network has the epochs to use them, and a slow or busy machine gets few. The figure is measured
+once and kept in ``train/budget.json``, so that a resumed run makes the same choice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from lm import atomic, distributed
+from lm.session import Session, forward_batch
+
+BUDGET_FILE = "budget.json"
+TIMED_STEPS = 4  # timed after one untimed step (first-call allocation and set-up)
+
+
+def epochs_in_budget(seconds_per_step: float, steps_per_epoch: int, max_minutes: float | None, epochs: int) -> float:
+    """The epochs a run reaches: ``epochs``, or fewer where the time budget ends it first."""
+    if not max_minutes:
+        return float(epochs)
+    epoch_s = max(seconds_per_step * steps_per_epoch, 1e-9)
+    return min(float(epochs), 60 * max_minutes / epoch_s)
+
+
+def time_training_steps(session: Session, batches: Sequence[torch.Tensor]) -> float:
+    """Mean seconds of one training step (forward, backward, clipping, optimiser) of ``session``'s model,
+    over its first batches; the mean over all processes, so that they agree. Changes the model's weights."""
+    model, optimizer = session.model, session.optimizer
+    model.train()
+    durations = []
+    for index, batch in enumerate(batches[: TIMED_STEPS + 1]):
+        start = time.perf_counter()
+        nll, _, _, lengths = forward_batch(session, batch, train=True)
+        optimizer.zero_grad(set_to_none=True)
+        (nll.sum() / max(int(lengths.sum()), 1)).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max(session.config.clip, 1e-6))
+        optimizer.step()
+        if index:
+            durations.append(time.perf_counter() - start)
+    mean = sum(durations) / max(len(durations), 1)
+    return distributed.all_reduce_sum([mean], session.world)[0] / session.world.size
+
+
+def planned_epochs(work_dir: Path, measure, steps_per_epoch: int, config, is_main: bool) -> float:
+    """The epochs this run's budget allows: ``config.epochs`` without a time budget; else read from
+    ``work_dir/budget.json``, or measured with ``measure()`` (seconds per step) and recorded there."""
+    if not config.max_minutes:
+        return float(config.epochs)
+    path = Path(work_dir) / BUDGET_FILE
+    recorded = read_budget(path)
+    if recorded and recorded.get("max_minutes") == config.max_minutes and recorded.get("steps_per_epoch") == steps_per_epoch:
+        return min(float(recorded["epochs_in_budget"]), float(config.epochs))
+    seconds = measure()
+    epochs = epochs_in_budget(seconds, steps_per_epoch, config.max_minutes, config.epochs)
+    if is_main:
+        atomic.atomic_write_json(path, {"seconds_per_step": seconds, "steps_per_epoch": steps_per_epoch,
+                                        "max_minutes": config.max_minutes, "epochs_in_budget": epochs})
+    return epochs
+
+
+def read_budget(path: Path) -> dict | None:
+    """The recorded measurement, or None where there is none (or it cannot be read: measured again)."""
+    try:
+        recorded = json.loads(path.read_text())
+        float(recorded["epochs_in_budget"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
