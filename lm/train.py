@@ -7,6 +7,7 @@ Layout of an output directory while training::
     MODEL_DIR/metrics.jsonl                            one JSON line per validation
     MODEL_DIR/train/run.json                           the options the run started with (checked on resume)
     MODEL_DIR/train/tokenizer.model, statistics.json   the tokenizer and corpus statistics, made once
+    MODEL_DIR/train/budget.json                        the epochs the time budget allows, timed once (lm.budget)
     MODEL_DIR/train/{train,valid}.{ids,offsets}        the tokenised corpus, memory-mapped
     MODEL_DIR/train/last.pt                            the resumable state (removed when the run finishes)
 
