@@ -86,7 +86,7 @@ def train(
     embedding_dim: Annotated[int, typer.Option(help="Embedding size.")] = 512,
     hidden_dim: Annotated[int, typer.Option(help="Recurrent state size.")] = 512,
     num_layers: Annotated[int, typer.Option(help="Recurrent layers.")] = 2,
-    dropout: Annotated[Optional[float], typer.Option(help="Dropout on embeddings, between layers and on outputs (default: 0.4, or 0.5 for a small corpus; see the README's Training).")] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="Dropout on embeddings, between layers and on outputs (default: 0.4, or 0.5 for a small corpus with 16 epochs in the budget; see the README's Training).")] = None,
     embedding_dropout: Annotated[Optional[float], typer.Option(help="Share of token types dropped from each batch (default: 0, or 0.1 for a small corpus).")] = None,
     weight_dropout: Annotated[Optional[float], typer.Option(help="DropConnect on the recurrent hidden-to-hidden weights (default: 0, or 0.3 for a small corpus).")] = None,
     tie_weights: Annotated[bool, typer.Option(help="Share the embedding with the output layer.")] = True,
