@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
 from lm import atomic, distributed
-from lm.session import Session, forward_batch
 
 BUDGET_FILE = "budget.json"
 TIMED_STEPS = 4  # timed after one untimed step (first-call allocation and set-up)
@@ -29,23 +28,17 @@ def epochs_in_budget(seconds_per_step: float, steps_per_epoch: int, max_minutes:
     return min(float(epochs), 60 * max_minutes / epoch_s)
 
 
-def time_training_steps(session: Session, batches: Sequence[torch.Tensor]) -> float:
-    """Mean seconds of one training step (forward, backward, clipping, optimiser) of ``session``'s model,
-    over its first batches; the mean over all processes, so that they agree. Changes the model's weights."""
-    model, optimizer = session.model, session.optimizer
-    model.train()
+def time_steps(step: Callable[[torch.Tensor], object], batches: Sequence[torch.Tensor], world) -> float:
+    """Mean seconds of ``step(batch)`` (one training step) over the first batches, after one untimed step;
+    the mean over all processes, so that they agree."""
     durations = []
     for index, batch in enumerate(batches[: TIMED_STEPS + 1]):
         start = time.perf_counter()
-        nll, _, _, lengths = forward_batch(session, batch, train=True)
-        optimizer.zero_grad(set_to_none=True)
-        (nll.sum() / max(int(lengths.sum()), 1)).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max(session.config.clip, 1e-6))
-        optimizer.step()
+        step(batch)
         if index:
             durations.append(time.perf_counter() - start)
     mean = sum(durations) / max(len(durations), 1)
-    return distributed.all_reduce_sum([mean], session.world)[0] / session.world.size
+    return distributed.all_reduce_sum([mean], world)[0] / world.size
 
 
 def planned_epochs(work_dir: Path, measure, steps_per_epoch: int, config, is_main: bool) -> float:
@@ -55,7 +48,9 @@ def planned_epochs(work_dir: Path, measure, steps_per_epoch: int, config, is_mai
         return float(config.epochs)
     path = Path(work_dir) / BUDGET_FILE
     recorded = read_budget(path)
-    if recorded and recorded.get("max_minutes") == config.max_minutes and recorded.get("steps_per_epoch") == steps_per_epoch:
+    same_run = recorded and (recorded.get("max_minutes"), recorded.get("steps_per_epoch")) == (
+        config.max_minutes, steps_per_epoch)
+    if same_run:
         return min(float(recorded["epochs_in_budget"]), float(config.epochs))
     seconds = measure()
     epochs = epochs_in_budget(seconds, steps_per_epoch, config.max_minutes, config.epochs)
@@ -69,7 +64,6 @@ def read_budget(path: Path) -> dict | None:
     """The recorded measurement, or None where there is none (or it cannot be read: measured again)."""
     try:
         recorded = json.loads(path.read_text())
-        float(recorded["epochs_in_budget"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return recorded if float(recorded["epochs_in_budget"]) >= 0 else None
+    except (OSError, ValueError, KeyError, TypeError):  # TypeError: not an object, or not a number
         return None
-    return recorded if isinstance(recorded, dict) else None

@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lm import distributed
 from lm.averaging import make_average
-from lm.budget import planned_epochs, time_training_steps
+from lm.budget import planned_epochs, time_steps
 from lm.checkpoint import save_model_dir
 from lm.data import TokenizedCorpus, make_batches
 from lm.device import resolve_device
@@ -275,7 +275,8 @@ def build_session(
     def budget_epochs(settings: dict) -> float:  # times a throwaway network with these settings when needed
         probe = new_session(settings)
         batches = epoch_batches(probe)
-        return planned_epochs(probe.work_dir, lambda: time_training_steps(probe, batches), len(batches), config,
+        step = lambda batch: optimizer_step(probe, *compute_loss(probe, batch, train=True), config.lr)  # noqa: E731
+        return planned_epochs(probe.work_dir, lambda: time_steps(step, batches, world), len(batches), config,
                               world.is_main)
 
     model_settings, note = resolve_regularisation(model_settings, data.statistics["train"]["tokens"],

@@ -121,7 +121,7 @@ def test_training_on_a_small_corpus_times_its_steps_and_drops_the_strong_setting
     monkeypatch.setattr(regularisation, "SMALL_CORPUS_TOKENS_PER_WEIGHT", 100.0)  # the tiny corpus is small
     monkeypatch.setattr(regularisation, "MIN_EPOCHS_FOR_SMALL_CORPUS", 1)  # and its one epoch is enough
     if slow:  # a step of an hour: not one epoch fits in the budget
-        monkeypatch.setattr(train, "time_training_steps", lambda session, batches: 3600.0)
+        monkeypatch.setattr(train, "time_steps", lambda step, batches, world: 3600.0)
     architecture = dict(embedding_dim=16, hidden_dim=16, num_layers=1)
     with caplog.at_level("INFO"):
         run([corpus_file], tmp_path / "lm", architecture, TokenizerConfig(vocab_size=120),
