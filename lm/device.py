@@ -7,6 +7,7 @@ same thing everywhere, and a device this machine lacks is refused before any wor
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 import torch
 
@@ -55,3 +56,31 @@ def cpu_has_native_bf16() -> bool:
         return False
     found = capabilities()
     return bool(found.get("amx_bf16") or found.get("avx512_bf16"))
+
+
+@lru_cache(maxsize=None)
+def cpu_trains_in_bf16(cell: str) -> bool:
+    """Whether this CPU's kernels can train the recurrent ``cell`` under bf16 autocast.
+
+    oneDNN has no bfloat16 LSTM kernel on CPUs without AVX-512 (an AVX2 EPYC, say): there the first
+    training step would fail deep inside torch, so ``--precision bf16`` is tried on a tiny cell first."""
+    from lm.model import CELLS
+
+    torch.manual_seed(0)
+    rnn = CELLS[cell](8, 8, batch_first=True)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            output, _ = rnn(torch.randn(2, 3, 8))
+        output.float().sum().backward()
+    except RuntimeError:
+        return False
+    return True
+
+
+def check_training_precision(name: str, device: torch.device, cell: str) -> None:
+    """Refuse ``--precision bf16`` before any work where this machine cannot train ``cell`` in it."""
+    if resolve_precision(name, device) == "bf16" and device.type == "cpu" and not cpu_trains_in_bf16(cell):
+        raise DeviceError(
+            f"--precision bf16: this CPU has no bfloat16 kernel for the {cell.upper()} cell "
+            "(oneDNN needs AVX-512 for it); use --precision fp32 or auto"
+        )

@@ -19,7 +19,7 @@ def run_train(corpus, output, valid, valid_fraction, exclude, vocab_size, model_
               max_minutes, batch_tokens, lr, warmup_steps, clip, patience, average_power, seed, device, precision, threads, direction,
               reverse, resume, keep_checkpoint, progress) -> None:
     from lm.bidirectional import choose_direction
-    from lm.device import resolve_device, resolve_precision
+    from lm.device import check_training_precision, resolve_device
     from lm.launch import run
     from lm.metrics_log import perplexity_from_loss
     from lm.model import ModelConfig
@@ -36,7 +36,6 @@ def run_train(corpus, output, valid, valid_fraction, exclude, vocab_size, model_
         tie_weights=tie_weights, embedding_dropout=embedding_dropout, weight_dropout=weight_dropout,
     )
     try:
-        resolve_precision(precision, resolve_device(device))
         config = TrainConfig(
             epochs=epochs, max_minutes=max_minutes or None, batch_tokens=batch_tokens, lr=lr, warmup_steps=warmup_steps,
             clip=clip, seed=seed, device=device, precision=precision, threads=threads or None,
@@ -47,6 +46,7 @@ def run_train(corpus, output, valid, valid_fraction, exclude, vocab_size, model_
         tokenizer_config = TokenizerConfig(vocab_size=vocab_size, model_type=model_type)
         given = {name: value for name, value in model_settings.items() if value is not None}  # None: by the corpus
         ModelConfig(vocab_size=vocab_size, **given)  # check the options before any work
+        check_training_precision(precision, resolve_device(device), cell)
         if ngram_order:
             check_order(ngram_order, vocab_size)
     except (TypeError, ValueError) as e:

@@ -74,8 +74,11 @@ def main() -> None:
         for threads in args.threads if device.type == "cpu" else [torch.get_num_threads()]:
             torch.set_num_threads(threads)
             for bf16 in (False, True):
-                speed = tokens_per_second(config, device, bf16, args)
-                rows.append((f"{device_name} {'bf16 autocast' if bf16 else 'fp32'} {threads} thread(s)", speed))
+                name = f"{device_name} {'bf16 autocast' if bf16 else 'fp32'} {threads} thread(s)"
+                try:
+                    rows.append((name, tokens_per_second(config, device, bf16, args)))
+                except RuntimeError as e:  # no bf16 LSTM kernel on CPUs without AVX-512
+                    print(f"{name}: not supported here ({str(e).splitlines()[0][:80]})")
     base = rows[0][1]
     print(f"{'configuration':36} {'tokens/s':>10} {'ratio':>7}")
     for name, speed in rows:

@@ -12,6 +12,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import lm.device
+import lm.model
+
 from pipeline.cli import app, rescore_app
 from test_cli import assert_user_error, good_utterances, invoke, write_json, write_jsonl
 
@@ -61,6 +64,45 @@ def test_bad_train_options_exit_2_and_create_nothing(corpus_file, tmp_path, args
     result = runner.invoke(app, ["train", str(corpus_file), "-o", str(tmp_path / "lm"), *args])
     assert assert_user_error(result, code=2) == message
     assert not (tmp_path / "lm").exists()
+
+
+def test_bf16_training_on_a_cpu_without_its_kernels_exits_2_and_creates_nothing(corpus_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(lm.device, "cpu_trains_in_bf16", lambda cell: False)
+    result = runner.invoke(app, ["train", str(corpus_file), "-o", str(tmp_path / "lm"), "--device", "cpu",
+                                 "--precision", "bf16"])
+    assert assert_user_error(result, code=2) == (
+        "error: --precision bf16: this CPU has no bfloat16 kernel for the LSTM cell (oneDNN needs AVX-512 for it); "
+        "use --precision fp32 or auto")
+    assert not (tmp_path / "lm").exists()
+
+
+class KernelLessLSTM(torch.nn.LSTM):
+    """An LSTM that fails under bf16 autocast the way oneDNN's does on an AVX2 CPU."""
+
+    def forward(self, *args, **kwargs):
+        if torch.is_autocast_enabled("cpu"):
+            raise RuntimeError("could not create a primitive descriptor for the LSTM forward propagation primitive")
+        return super().forward(*args, **kwargs)
+
+
+class Float32LSTM(torch.nn.LSTM):
+    """An LSTM whose kernel works under autocast (it runs in float32)."""
+
+    def forward(self, *args, **kwargs):
+        with torch.autocast("cpu", enabled=False):
+            return super().forward(*args, **kwargs)
+
+
+def test_the_bf16_probe_reports_a_cell_whose_kernel_fails(monkeypatch):
+    monkeypatch.setitem(lm.model.CELLS, "lstm", KernelLessLSTM)
+    lm.device.cpu_trains_in_bf16.cache_clear()
+    try:
+        assert lm.device.cpu_trains_in_bf16("lstm") is False
+        monkeypatch.setitem(lm.model.CELLS, "lstm", Float32LSTM)
+        lm.device.cpu_trains_in_bf16.cache_clear()
+        assert lm.device.cpu_trains_in_bf16("lstm") is True
+    finally:
+        lm.device.cpu_trains_in_bf16.cache_clear()
 
 
 def test_writing_onto_the_input_is_refused_unless_asked_for(trained_model_dir, tmp_path):
