@@ -139,7 +139,11 @@ class NbestWriter:
 
 
 def transcript_line(utt: dict, layout: str) -> str:
-    """One utterance's best text as a Kaldi ``text`` line or an sclite ``trn`` line."""
+    """One utterance's best text as a Kaldi ``text`` line or an sclite ``trn`` line.
+
+    An id with whitespace is refused: read back, its first word would become the id and the rest text."""
+    if any(character.isspace() for character in str(utt["id"])):
+        raise ValueError(f"its id has whitespace, which a {'Kaldi text' if layout == 'text' else 'trn'} file cannot hold")
     text = " ".join(str(utt.get("best", "")).split())
     if layout == "text":
         return f"{utt['id']} {text}".rstrip() + "\n"

@@ -241,6 +241,18 @@ def test_kaldi_text_and_trn_outputs_carry_the_best_text(trained_model_dir, tmp_p
         assert out.read_text(encoding="utf-8").splitlines() == expected
 
 
+@pytest.mark.parametrize("name", ["hyp.txt", "hyp.trn"])
+def test_an_id_with_whitespace_is_refused_in_a_transcript_instead_of_written_as_text(trained_model_dir, tmp_path, name):
+    utterances = good_utterances()
+    utterances[1]["id"] = "speaker 2"  # read back from "speaker 2 TEXT", the id would be "speaker"
+    canonical = tmp_path / "in.json"
+    canonical.write_text(json.dumps({"utterances": utterances}, ensure_ascii=False), encoding="utf-8")
+    result = runner.invoke(app, ["rescore", str(canonical), "-m", str(trained_model_dir), "-o", str(tmp_path / name)])
+    message = assert_user_error(result, code=1)
+    assert message.startswith(f"error: {tmp_path / name}: cannot write utterance 'speaker 2': its id has whitespace")
+    assert not (tmp_path / name).exists()
+
+
 def test_nbest_out_keeps_the_top_k_sorted_by_rank(trained_model_dir, tmp_path):
     utterances = utterances_with_fields()
     canonical = tmp_path / "in.json"
