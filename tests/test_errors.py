@@ -101,6 +101,12 @@ def test_the_bf16_probe_reports_a_cell_whose_kernel_fails(monkeypatch):
         monkeypatch.setitem(lm.model.CELLS, "lstm", Float32LSTM)
         lm.device.cpu_trains_in_bf16.cache_clear()
         assert lm.device.cpu_trains_in_bf16("lstm") is True
+        torch.manual_seed(7)
+        expected = torch.rand(3)
+        torch.manual_seed(7)
+        lm.device.cpu_trains_in_bf16.cache_clear()
+        lm.device.cpu_trains_in_bf16("lstm")
+        assert torch.equal(torch.rand(3), expected)  # the probe leaves the training's random numbers alone
     finally:
         lm.device.cpu_trains_in_bf16.cache_clear()
 
