@@ -45,7 +45,7 @@ def plot_training(model_dir: Path, output: Path) -> int:
     figure, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
     steps = [row["step"] for row in valid]
     ppl, net = axes[0][0], axes[0][1]
-    ppl.plot(steps, [math.exp(min(r["valid_loss"], 50)) for r in valid], "o-", label="mixture")
+    ppl.plot(steps, [perplexity_from_loss(r["valid_loss"]) for r in valid], "o-", label="mixture")
     if any("rnn_valid_loss" in r for r in valid):
         ppl.plot(steps, [perplexity_from_loss(r.get("rnn_valid_loss", math.inf)) for r in valid], "s--", label="network alone")
     if any("average_valid_loss" in r for r in valid):
