@@ -3,10 +3,13 @@
 import json
 
 import pytest
+import torch
 
 from conftest import tiny_train_config
 from lm import regularisation, train
-from lm.budget import BUDGET_FILE, epochs_in_budget, planned_epochs
+from lm import budget
+from lm.budget import BUDGET_FILE, TIMED_STEPS, epochs_in_budget, planned_epochs, time_steps
+from lm.distributed import World
 from lm.launch import run
 from lm.regularisation import (
     LARGE_CORPUS, MIN_EPOCHS_FOR_SMALL_CORPUS, SMALL_CORPUS, count_weights, resolve_regularisation,
@@ -112,6 +115,22 @@ def test_the_budget_is_measured_once_and_a_resumed_run_reads_it(tmp_path):
     assert planned_epochs(tmp_path, measure, 100, longer, is_main=True) == pytest.approx(8.0)
     assert len(measured) == 3
     assert planned_epochs(tmp_path, lambda: 1 / 0, 100, TrainConfig(max_minutes=None, epochs=7), True) == 7.0
+
+
+def test_the_probe_times_steps_whose_batch_shapes_are_already_set_up(monkeypatch):
+    # a step pays 1 s the first time it meets a shape (kernel set-up) and 0.25 s after: training meets each
+    # shape once and then every epoch, so the probe must report 0.25, not a mean of first meetings
+    clock, seen = [0.0], set()
+
+    def step(batch):
+        shape = tuple(batch.shape)
+        clock[0] += 0.25 if shape in seen else 1.0
+        seen.add(shape)
+
+    monkeypatch.setattr(budget, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+    batches = [torch.zeros(n + 1, 8) for n in range(TIMED_STEPS + 3)]  # every batch a new shape
+    assert time_steps(step, batches, World()) == pytest.approx(0.25)
+    assert len(seen) == TIMED_STEPS + 1  # the batches after those timed are never run
 
 
 @pytest.mark.parametrize("slow", [True, False])
