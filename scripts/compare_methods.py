@@ -8,7 +8,7 @@ tune kept it). For the search's cost against plain rescoring, see scripts/compar
     python scripts/compare_methods.py ../shared/data/zh-rmrb/dev.nbest.json [-m MODEL_DIR] [--splits 10] [--candidates N]
 
 ``--plain-only`` tunes and measures plain rescoring alone (no search, no MBR): minutes instead of tens of
-minutes, for comparing models.
+minutes, for comparing models. ``--score-fields score`` weighs only the given first-pass fields.
 """
 
 from __future__ import annotations
@@ -65,13 +65,14 @@ def main() -> None:
     parser.add_argument("--splits", type=int, default=10)
     parser.add_argument("--candidates", type=int, help="paths expanded per list (default: as tune expands)")
     parser.add_argument("--plain-only", action="store_true", help="tune and measure plain rescoring only")
+    parser.add_argument("--score-fields", help="first-pass fields to weigh, comma-separated (default: as tune picks)")
     args = parser.parse_args()
     if args.candidates:
         NETWORK_DEFAULTS["candidates"] = args.candidates
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     utterances = [u for u in read_nbest(args.dev) if isinstance(u.get("reference"), str)]
     unit = detect_unit(u["reference"] for u in utterances)
-    fields = first_pass_fields(utterances)
+    fields = args.score_fields.split(",") if args.score_fields else first_pass_fields(utterances)
     backward = backward_model_dir(args.model or default_model_dir())
     rescorer = make_rescorer(args.model, backward, Weights(score_fields={f: 1.0 for f in fields}), "auto", "fp32",
                              16384, 1, "cpu")
