@@ -21,7 +21,8 @@ import statistics
 from pathlib import Path
 
 from lm.checkpoint import backward_model_dir
-from pipeline.commands import make_rescorer
+from pipeline.commands import apply_options, make_rescorer
+from pipeline.errors import UsageError
 from pipeline.metrics import detect_unit, error_counts
 from pipeline.models import default_model_dir
 from pipeline.nbest import read_nbest
@@ -72,10 +73,13 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     utterances = [u for u in read_nbest(args.dev) if isinstance(u.get("reference"), str)]
     unit = detect_unit(u["reference"] for u in utterances)
-    fields = args.score_fields.split(",") if args.score_fields else first_pass_fields(utterances)
+    weights = Weights(score_fields={f: 1.0 for f in first_pass_fields(utterances)})
+    try:
+        weights = apply_options(weights, None, None, args.score_fields, None)  # --score-fields as rescore reads it
+    except UsageError as error:
+        parser.error(str(error))
     backward = backward_model_dir(args.model or default_model_dir())
-    rescorer = make_rescorer(args.model, backward, Weights(score_fields={f: 1.0 for f in fields}), "auto", "fp32",
-                             16384, 1, "cpu")
+    rescorer = make_rescorer(args.model, backward, weights, "auto", "fp32", 16384, 1, "cpu")
     rescorer.scorer = Memo(rescorer.scorer)
     if rescorer.backward_scorer is not None:
         rescorer.backward_scorer = Memo(rescorer.backward_scorer)

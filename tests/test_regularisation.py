@@ -1,13 +1,13 @@
 """Regularisation chosen by the corpus: stronger with few training tokens per network weight."""
 
 import json
+import types
 
 import pytest
 import torch
 
 from conftest import tiny_train_config
-from lm import regularisation, train
-from lm import budget
+from lm import budget, regularisation, train
 from lm.budget import BUDGET_FILE, TIMED_STEPS, epochs_in_budget, planned_epochs, time_steps
 from lm.distributed import World
 from lm.launch import run
@@ -127,7 +127,7 @@ def test_the_probe_times_steps_whose_batch_shapes_are_already_set_up(monkeypatch
         clock[0] += 0.25 if shape in seen else 1.0
         seen.add(shape)
 
-    monkeypatch.setattr(budget, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+    monkeypatch.setattr(budget, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
     batches = [torch.zeros(n + 1, 8) for n in range(TIMED_STEPS + 3)]  # every batch a new shape
     assert time_steps(step, batches, World()) == pytest.approx(0.25)
     assert len(seen) == TIMED_STEPS + 1  # the batches after those timed are never run
