@@ -8,14 +8,19 @@ more (a character from one, the next from another). Per utterance:
    (ROVER-style), with a gap slot before, between and after the best's units for insertions and an
    empty arc for deletions. Each hypothesis puts one arc in every slot; an arc's posterior is the sum
    of the first-pass posteriors (softmax of the weighted first-pass score / ``temperature``) of the
-   hypotheses that put it there.
+   hypotheses that put it there, and its *share* is its part of the first-pass score (a least-squares
+   split of the hypotheses' scores over the arcs where they leave the first-pass best), so that a path
+   combining several hypotheses gets an estimate of the first-pass score it would have had.
 2. **Expand**: the ``candidates`` most probable paths (product of arc posteriors), found exactly,
    best first, with a heap over per-slot arc choices.
 3. **Rescore** the paths and the input hypotheses together:
-   ``arc_logpost + lm_weight * lm + backward_weight * lm_backward + length_bonus * length``
-   ``+ input_bonus * [the text is an input hypothesis]``,
+   ``arc_weight * arc_logpost + first_pass_weight * first_pass + lm_weight * lm``
+   ``+ backward_weight * lm_backward + length_bonus * length + input_bonus * [an input hypothesis]``
+   (``first_pass``: an input's own weighted first-pass score, else the sum of the path's shares),
    the LM scores pooled through the same trie engine as plain rescoring. The best of them is the
    utterance's ``best``; it may be none of the input texts.
+4. **Improve** the best (``passes`` rounds, pipeline.rescore): its single-slot changes and every run of
+   slots where an input hypothesis differs from it, copied in.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from pipeline.alignment import align
 from pipeline.mbr import softmax
@@ -33,10 +40,14 @@ Label = tuple[str, ...]  # the units an arc adds (empty: the empty arc)
 
 @dataclass
 class Network:
-    """Slots of arcs, each arc a label with its posterior; ``paths[h]`` is hypothesis h's label per slot."""
+    """Slots of arcs, each arc a label with its posterior; ``paths[h]`` is hypothesis h's label per slot;
+    ``shares`` each arc's part of the first-pass score, relative to ``base`` (the first-pass best's score,
+    whose arcs have share 0)."""
 
     slots: list[dict[Label, float]]
     paths: list[list[Label]]
+    shares: list[dict[Label, float]] = field(default_factory=list)
+    base: float = 0.0
 
 
 def build_network(units: Sequence[Sequence[str]], scores: Sequence[float], temperature: float) -> Network:
@@ -44,16 +55,51 @@ def build_network(units: Sequence[Sequence[str]], scores: Sequence[float], tempe
     if not units:
         return Network([], [])
     posteriors = softmax(scores, temperature)  # the first-pass posteriors
+    pivot = max(range(len(scores)), key=lambda i: (scores[i], -i))
     if len({len(u) for u in units}) == 1:
         paths = [[(unit,) for unit in hyp] for hyp in units]
     else:
-        paths = aligned_paths(units, max(range(len(scores)), key=lambda i: (scores[i], -i)))
+        paths = aligned_paths(units, pivot)
     slots: list[dict[Label, float]] = [dict() for _ in paths[0]]
     for path, posterior in zip(paths, posteriors):
         for slot, label in zip(slots, path):
             slot[label] = slot.get(label, 0.0) + posterior
     keep = [i for i, slot in enumerate(slots) if set(slot) != {()}]  # a gap no hypothesis fills goes
-    return Network([slots[i] for i in keep], [[path[i] for i in keep] for path in paths])
+    paths = [[path[i] for i in keep] for path in paths]
+    return Network([slots[i] for i in keep], paths, first_pass_shares(paths, scores, pivot), float(scores[pivot]))
+
+
+def first_pass_shares(paths: Sequence[Sequence[Label]], scores: Sequence[float],
+                      pivot: int) -> list[dict[Label, float]]:
+    """Each arc's share of the first-pass score: the minimum-norm least-squares solution of
+    ``score[h] - score[pivot] = sum of h's shares over the slots where h leaves the pivot's path``.
+
+    A recogniser's score is mostly a sum over its units (acoustics per syllable or word), so a hypothesis
+    that differs from the pivot in one run of slots pins that run's share exactly, and a path that copies
+    runs of several hypotheses is estimated as the sum of theirs.
+    """
+    shares: list[dict[Label, float]] = [{path_label: 0.0} for path_label in paths[pivot]]
+    columns: dict[tuple[int, Label], int] = {}
+    for path in paths:
+        for s, label in enumerate(path):
+            if label != paths[pivot][s]:
+                columns.setdefault((s, label), len(columns))
+    if columns:
+        matrix = np.zeros((len(paths), len(columns)))
+        for h, path in enumerate(paths):
+            for s, label in enumerate(path):
+                if label != paths[pivot][s]:
+                    matrix[h, columns[s, label]] = 1.0
+        target = np.asarray(scores, dtype=np.float64) - scores[pivot]
+        solution = np.linalg.lstsq(matrix, target, rcond=None)[0]
+        for (s, label), column in columns.items():
+            shares[s][label] = float(solution[column])
+    return shares
+
+
+def path_first_pass(network: Network, path: Sequence[Label]) -> float:
+    """The first-pass score a path is estimated to have: the base plus its arcs' shares."""
+    return network.base + sum(share[label] for share, label in zip(network.shares, path))
 
 
 def aligned_paths(units: Sequence[Sequence[str]], pivot: int) -> list[list[Label]]:
@@ -109,42 +155,73 @@ def join_units(labels: Sequence[Label], unit: str) -> str:
     return ("" if unit == "char" else " ").join(units)
 
 
+Candidate = tuple[float, float, list[Label]]  # arc log posterior, first-pass score (or estimate), labels
+
+
 def network_candidates(units: Sequence[Sequence[str]], scores: Sequence[float], unit: str, temperature: float,
-                       count: int) -> tuple[Network, dict[str, tuple[float, list[Label]]]]:
-    """The network and {text: (arc log posterior, labels)} of its best ``count`` paths and of every input
-    hypothesis's own path (a text reached by several paths keeps its best)."""
+                       count: int) -> tuple[Network, dict[str, Candidate]]:
+    """The network and {text: candidate} of its best ``count`` paths and of every input hypothesis's own
+    path (a text reached by several paths keeps its most probable; an input keeps its own score)."""
     network = build_network(units, scores, temperature)
-    candidates: dict[str, tuple[float, list[Label]]] = {}
+    candidates: dict[str, Candidate] = {}
     paths = best_paths(network, count) + [(path_logpost(network, path), path) for path in network.paths]
     for logpost, labels in paths:
         text = join_units(labels, unit)
         if text not in candidates or logpost > candidates[text][0]:
-            candidates[text] = (logpost, list(labels))
+            candidates[text] = (logpost, path_first_pass(network, labels), list(labels))
+    for path, score in zip(network.paths, scores):
+        text = join_units(path, unit)
+        candidates[text] = (candidates[text][0], float(score), candidates[text][2])
     return network, candidates
 
 
 @dataclass
 class SearchWeights:
-    """How a searched candidate is scored: its arc log posterior (weight 1) plus these terms."""
+    """How a searched candidate is scored (the module docstring). The defaults of ``arc_weight`` and
+    ``first_pass_weight`` are those of weights files written before the first-pass term existed."""
 
     lm_weight: float = 1.0
     backward_weight: float = 0.0
     length_bonus: float = 0.0
     input_bonus: float = 0.0  # for a candidate that is one of the input hypotheses
+    arc_weight: float = 1.0
+    first_pass_weight: float = 0.0
 
-    def total(self, logpost: float, lm: float, backward: float | None, length: int, in_input: bool) -> float:
-        return (logpost + self.lm_weight * lm + self.length_bonus * length + self.input_bonus * in_input
+    def total(self, logpost: float, first_pass: float, lm: float, backward: float | None, length: int,
+              in_input: bool) -> float:
+        return (self.arc_weight * logpost + self.first_pass_weight * first_pass + self.lm_weight * lm
+                + self.length_bonus * length + self.input_bonus * in_input
                 + (self.backward_weight * backward if backward is not None else 0.0))
 
 
-def slot_alternatives(network: Network, labels: Sequence[Label], top: int = 2) -> list[tuple[int, Label, float]]:
-    """Single-slot changes of a path: (slot, other label, change in arc log posterior), the ``top``
-    most probable other arcs of each slot that has any (2 as accurate as 4 on both dev sets, 10 splits:
-    en-kjv 27.43% against 27.44% WER, zh-rmrb 7.94% against 7.92% CER; en-kjv search time 1.85x
-    plain rescoring against 2.00x)."""
+def slot_alternatives(network: Network, labels: Sequence[Label], top: int = 2) -> list[tuple[int, list[Label]]]:
+    """Single-slot changes of a path: (slot, [other label]) for the ``top`` most probable other arcs of
+    each slot that has any (2 as accurate as 4 on both dev sets, 10 splits: en-kjv 27.43% against 27.44%
+    WER, zh-rmrb 7.94% against 7.92% CER; en-kjv search time 1.85x plain rescoring against 2.00x)."""
     changes = []
     for index, (slot, current) in enumerate(zip(network.slots, labels)):
         others = sorted(((p, label) for label, p in slot.items() if label != current), reverse=True)[:top]
-        for p, label in others:
-            changes.append((index, label, math.log(p) - math.log(slot[current])))
+        changes.extend((index, [label]) for _, label in others)
     return changes
+
+
+def run_alternatives(network: Network, path: Sequence[Label]) -> list[tuple[int, list[Label]]]:
+    """Changes that copy one run of an input hypothesis into a path: for each hypothesis and each maximal
+    run of slots where it differs from the path, (first slot, the hypothesis's labels there), each once.
+
+    Recognisers confuse whole words (部队 -> 不对), which no single-slot change undoes: 部对 and 不队 are
+    no words, so the LM never takes the first step.
+    """
+    changes: dict[tuple[int, tuple[Label, ...]], None] = {}
+    for other in network.paths:
+        start = 0
+        while start < len(path):
+            if other[start] == path[start]:
+                start += 1
+                continue
+            end = start
+            while end < len(path) and other[end] != path[end]:
+                end += 1
+            changes[start, tuple(other[start:end])] = None
+            start = end
+    return [(start, list(run)) for start, run in changes]

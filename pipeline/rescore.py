@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from lm.scorer import SentenceScorer
 from pipeline.fields import FieldPresence
 from pipeline.mbr import mbr_index, softmax
-from pipeline.network import SearchWeights, join_units, network_candidates, slot_alternatives
+from pipeline.network import (SearchWeights, join_units, network_candidates, path_first_pass, path_logpost,
+                              run_alternatives, slot_alternatives)
 from pipeline.metrics import detect_unit, split_units
 from pipeline.weights import Weights, untuned_weights
 
@@ -129,7 +130,7 @@ class Rescorer:
         return sum(weight * self.field_value(hyp, name) for name, weight in self.weights.score_fields.items())
 
     def network_candidates(self, hyps: Sequence[dict]):
-        """The unit, the network and the candidates {text: (arc log posterior, labels)} of one list."""
+        """The unit, the network and the candidates {text: (arc log posterior, first pass, labels)} of one list."""
         unit = self.unit_for(h["text"] for h in hyps)
         settings = self.weights.network
         units = [split_units(h["text"], unit) for h in hyps]
@@ -148,7 +149,7 @@ class Rescorer:
 
     def search_networks(self, lists: Sequence[Sequence[dict]], results: list[RescoreResult]) -> None:
         """Replace each result's ``best`` with the best candidate of its confusion network, improved by
-        ``network["passes"]`` rounds of single-slot changes (with ``decision="mbr"`` and a fitted
+        ``network["passes"]`` rounds of local changes (with ``decision="mbr"`` and a fitted
         ``network["mbr_temperature"]``, the candidate of least expected errors among the most probable
         ones the search scored)."""
         known = {h["text"]: (r.lm_logprobs[i], r.backward_logprobs[i] if r.backward_logprobs else None)
@@ -165,7 +166,7 @@ class Rescorer:
     def searched_bests(self, lists: Sequence[Sequence[dict]], known: dict,
                        passes: int) -> tuple[list[dict[int, str]], dict[int, dict[str, float]]]:
         """The searched best text of each non-empty list (by position) after 0, 1, ..., ``passes`` rounds of
-        single-slot changes (a round that changes nothing ends the search and is repeated to the end),
+        local changes (a round that changes nothing ends the search and is repeated to the end),
         and every text the search scored for each list with its total.
 
         ``known`` maps texts to (forward, backward) LM scores; the texts it lacks are scored and added.
@@ -173,8 +174,7 @@ class Rescorer:
         expanded = [self.network_candidates(hyps) if hyps else None for hyps in lists]
         self.score_texts((t for item in expanded if item for t in item[2]), known)
         settings = self.weights.network
-        search = SearchWeights(**{k: settings.get(k, 0.0)
-                                  for k in ("lm_weight", "backward_weight", "length_bonus", "input_bonus")})
+        search = SearchWeights(**{k: settings[k] for k in SearchWeights.__dataclass_fields__ if k in settings})
         inputs = [{h["text"] for h in hyps} for hyps in lists]
         current, pools = {}, {}
         for k, item in enumerate(expanded):
@@ -182,7 +182,7 @@ class Rescorer:
                 continue
             unit, network, candidates = item
             ordered = sorted(candidates, key=lambda t: t not in inputs[k])  # a tie keeps an input hypothesis
-            pools[k] = {t: search.total(candidates[t][0], *known[t], text_length(t, unit), t in inputs[k])
+            pools[k] = {t: search.total(*candidates[t][:2], *known[t], text_length(t, unit), t in inputs[k])
                         for t in ordered}
             best = max(ordered, key=pools[k].get)
             current[k] = (pools[k][best], best, *candidates[best])
@@ -195,20 +195,29 @@ class Rescorer:
 
     def improve_once(self, current: dict, expanded: list, inputs: list[set], known: dict,
                      search: SearchWeights, pools: dict) -> bool:
-        """One round of local search: every single-slot change of each current best, the best kept if better."""
+        """One round of local search around each current best: the runs of input hypotheses copied in
+        (pipeline.network) and, where the arc posterior is weighed, its single-slot changes; the best
+        variant kept if better. Scored by first-pass shares, a slot cut out of a run gets a guessed share
+        (with single-slot changes too: zh-rmrb dev 7.87% CER against 7.70%, 10 random halves)."""
         variants = []
-        for k, (_, _, logpost, labels) in current.items():
-            unit, network, _ = expanded[k]
-            for slot, label, change in slot_alternatives(network, labels):
-                changed = labels[:slot] + [label] + labels[slot + 1:]
-                variants.append((k, join_units(changed, unit), logpost + change, changed))
+        for k, (_, _, _, _, labels) in current.items():
+            unit, network, candidates = expanded[k]
+            changes = run_alternatives(network, labels)
+            if search.arc_weight:
+                changes += slot_alternatives(network, labels)
+            for start, run in changes:
+                changed = labels[:start] + run + labels[start + len(run):]
+                text = join_units(changed, unit)
+                first_pass = candidates[text][1] if text in inputs[k] else path_first_pass(network, changed)
+                variants.append((k, text, path_logpost(network, changed), first_pass, changed))
         self.score_texts((v[1] for v in variants), known)
         improved = False
-        for k, text, logpost, labels in variants:
-            total = search.total(logpost, *known[text], text_length(text, expanded[k][0]), text in inputs[k])
+        for k, text, logpost, first_pass, labels in variants:
+            total = search.total(logpost, first_pass, *known[text], text_length(text, expanded[k][0]),
+                                 text in inputs[k])
             pools[k][text] = max(total, pools[k].get(text, total))
             if total > current[k][0] + 1e-9:
-                current[k] = (total, text, logpost, labels)
+                current[k] = (total, text, logpost, first_pass, labels)
                 improved = True
         return improved
 

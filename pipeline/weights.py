@@ -32,13 +32,16 @@ DECISIONS = ("map", "mbr")
 SEARCHES = ("none", "network")
 # temperature: of the first-pass posteriors that weigh the arcs; candidates: paths expanded per list (20:
 # as accurate as 50 on both dev sets, at less cost);
-# the rest weigh each candidate's LM scores and length against its arc log posterior (pipeline.network).
+# the rest weigh each candidate's arc log posterior, first-pass score (an input's own, else the estimate
+# from its arcs' shares), LM scores and length (pipeline.network); arc_weight 1 and first_pass_weight 0
+# are what weights files written before the first-pass term meant.
 # input_bonus: added to a candidate that is one of the input hypotheses (how far new texts are trusted);
-# passes: rounds of single-slot changes around the best candidate (0: none), scored with the same weights;
+# passes: rounds of local changes around the best candidate (0: none), scored with the same weights;
 # mbr_temperature: of the posterior over the scored candidates that decision "mbr" weighs with; None (not
 # fitted by tune --decision mbr --search network): the search keeps its highest-scoring candidate.
-NETWORK_DEFAULTS = {"temperature": 1.0, "candidates": 20, "lm_weight": 1.0, "backward_weight": 0.0,
-                    "length_bonus": 0.0, "input_bonus": 0.0, "passes": 0, "mbr_temperature": None}
+NETWORK_DEFAULTS = {"temperature": 1.0, "candidates": 20, "arc_weight": 1.0, "first_pass_weight": 0.0,
+                    "lm_weight": 1.0, "backward_weight": 0.0, "length_bonus": 0.0, "input_bonus": 0.0, "passes": 0,
+                    "mbr_temperature": None}
 
 
 @dataclass

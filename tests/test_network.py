@@ -278,5 +278,55 @@ def test_single_slot_changes_offer_the_two_most_probable_other_arcs_of_each_slot
     units = [["a", "x"], ["b", "x"], ["c", "x"], ["d", "y"]]
     network = build_network(units, [0.0, -1.0, -2.0, -3.0], temperature=1.0)
     changes = slot_alternatives(network, network.paths[0])
-    assert [(slot, label) for slot, label, _ in changes] == [(0, ("b",)), (0, ("c",)), (1, ("y",))]
-    assert all(change < 0 for _, _, change in changes)  # each other arc is less probable than the best's
+    assert changes == [(0, [("b",)]), (0, [("c",)]), (1, [("y",)])]  # "d" (slot 0) is the third most probable
+
+
+def test_first_pass_shares_pin_each_single_run_and_add_up_over_a_combination():
+    from pipeline.network import path_first_pass
+
+    units = [list("一二三四"), list("壹二三四"), list("一二三肆"), list("壹贰三四")]
+    scores = [0.0, -1.0, -2.0, -4.0]
+    network = build_network(units, scores, temperature=1.0)
+    assert [path_first_pass(network, path) for path in network.paths] == pytest.approx(scores)
+    combined = [("壹",), ("二",), ("三",), ("肆",)]  # the runs of the second and third hypotheses
+    assert path_first_pass(network, combined) == pytest.approx(-3.0)
+    # the fourth's -4 over two slots: 壹 is pinned at -1 by the second, so 贰 carries the other -3
+    assert network.shares[1][("贰",)] == pytest.approx(-3.0)
+
+
+def test_candidates_keep_each_input_hypothesis_its_own_first_pass_score():
+    units = [list("ab"), list("xb"), list("ay"), list("xy")]
+    scores = [0.0, -1.0, -1.0, -5.0]  # "xy" scores 3 below the sum of its runs' shares
+    _, candidates = network_candidates(units, scores, "char", 1.0, count=4)
+    assert candidates["xy"][1] == -5.0
+
+
+def test_run_changes_copy_a_hypothesis_word_where_no_single_slot_change_can():
+    from pipeline.network import run_alternatives
+
+    units = [list("部队改编"), list("不对改编"), list("部队改变")]
+    network = build_network(units, [0.0, -1.0, -2.0], temperature=1.0)
+    changes = run_alternatives(network, network.paths[0])
+    assert sorted(changes) == [(0, [("不",), ("对",)]), (3, [("变",)])]
+
+
+@pytest.mark.parametrize("passes", [0, 1])
+def test_the_first_pass_scoring_combines_two_hypotheses_runs_the_lm_prefers(passes):
+    """Inputs 一二三四 (0), 壹二三四 (-1), 一二三肆 (-2); the LM prefers 壹二三肆, none of them, then 壹二三四:
+    without a pass that input wins; one pass copies 肆 into it (estimated first pass -3, total -4)."""
+    scorer = TableScorer({"壹二三四": -5.0, "壹二三肆": -1.0}, default=-20.0)
+    settings = {"temperature": 1.0, "candidates": 1, "arc_weight": 0.0, "first_pass_weight": 1.0,
+                "lm_weight": 1.0, "backward_weight": 0.0, "length_bonus": 0.0, "passes": passes}
+    rescorer = Rescorer(scorer, Weights(search="network", network=settings), unit="char")
+    result = rescorer.rescore(["一二三四", "壹二三四", "一二三肆"], [0.0, -1.0, -2.0])
+    assert result.best == ("壹二三肆" if passes else "壹二三四")
+    assert result.best_in_input == (not passes)
+
+
+def test_a_weights_file_from_before_the_first_pass_term_keeps_its_arc_posterior_scoring(tmp_path):
+    old = {"temperature": 1.0, "candidates": 20, "lm_weight": 1.0, "backward_weight": 0.0, "length_bonus": 0.0,
+           "input_bonus": 0.0, "passes": 1, "mbr_temperature": None}
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps({"weights": {"lm_weight": 1.0, "search": "network", "network": old}}))
+    network = Weights.load(path).network
+    assert (network["arc_weight"], network["first_pass_weight"]) == (1.0, 0.0)
