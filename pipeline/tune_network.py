@@ -22,7 +22,7 @@ MAX_PASSES = 4  # rounds of local changes tried on the dev set (more gained noth
 # The first-pass scoring (the plain weights, the estimated first-pass score, arc weight 0) is tried with
 # these input bonuses; the bonus that makes the fewest dev errors is kept.
 INPUT_BONUSES = (-0.5, 0.0, 0.5, 1.0, 2.0, 3.0)
-# The expanded paths without a pass of single-slot changes lost to plain rescoring on the test halves in
+# The expanded paths without a pass of local changes lost to plain rescoring on the test halves in
 # every comparison measured (scripts/compare_methods.py, three zh-rmrb and three en-kjv models: 0.13 to 0.41
 # points worse on average), even where they won on the tuning half; so tune fits 1 to MAX_PASSES passes,
 # and 0 stays a manual setting.
@@ -97,9 +97,8 @@ def fit_first_pass_search(rescorer: Rescorer, lists: Sequence[Sequence[dict]], u
     estimated from its arcs' shares; the arc posterior unweighed), with the input bonus and the passes that
     make the fewest dev errors. Returns those errors and the settings.
 
-    On zh-rmrb dev (10 random halves, an 8-epoch forward model) it made 7.70% CER against 8.29% for plain
-    rescoring, where the arc-posterior scoring gained nothing: the posterior of an arc only one low-ranked
-    hypothesis holds is tiny, while its share of the first-pass score is what the recogniser gave it.
+    The posterior of an arc that only a low-ranked hypothesis holds is tiny, while its share of the
+    first-pass score is what the recogniser gave it (zh-rmrb dev: README, The combined score).
     """
     weights = rescorer.weights
     base = {**settings, "arc_weight": 0.0, "first_pass_weight": 1.0, "lm_weight": weights.lm_weight,

@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("dev", type=Path)
     parser.add_argument("-m", "--model", type=Path)
     parser.add_argument("--splits", type=int, default=3)
-    parser.add_argument("--passes", type=int, help="rounds of single-slot changes (default: as tuned)")
+    parser.add_argument("--passes", type=int, help="rounds of local changes (default: as tuned)")
     args = parser.parse_args()
     model = ["-m", str(args.model)] if args.model else []
     utterances = json.loads(args.dev.read_text(encoding="utf-8"))["utterances"]
