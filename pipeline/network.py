@@ -163,15 +163,14 @@ def network_candidates(units: Sequence[Sequence[str]], scores: Sequence[float], 
     """The network and {text: candidate} of its best ``count`` paths and of every input hypothesis's own
     path (a text reached by several paths keeps its most probable; an input keeps its own score)."""
     network = build_network(units, scores, temperature)
+    own = {join_units(path, unit): float(score) for path, score in zip(network.paths, scores)}
     candidates: dict[str, Candidate] = {}
     paths = best_paths(network, count) + [(path_logpost(network, path), path) for path in network.paths]
     for logpost, labels in paths:
         text = join_units(labels, unit)
         if text not in candidates or logpost > candidates[text][0]:
-            candidates[text] = (logpost, path_first_pass(network, labels), list(labels))
-    for path, score in zip(network.paths, scores):
-        text = join_units(path, unit)
-        candidates[text] = (candidates[text][0], float(score), candidates[text][2])
+            first_pass = own[text] if text in own else path_first_pass(network, labels)
+            candidates[text] = (logpost, first_pass, list(labels))
     return network, candidates
 
 

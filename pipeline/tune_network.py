@@ -68,13 +68,9 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
                 "backward_weight": values.get("backward_weight", 0.0), "length_bonus": values["length_bonus"],
                 "input_bonus": values["input_bonus"], "mbr_temperature": None}
     rescorer.weights.network = {**rescorer.weights.network, **settings}
-    history, _ = rescorer.searched_bests(lists, cache, MAX_PASSES)
-    by_passes = [errors_of(bests, utterances, unit) for bests in history]
-    passes = min(range(1, len(by_passes)), key=lambda p: (by_passes[p], p))  # never 0 (see MAX_PASSES)
+    settings["passes"], errors, by_passes = fewest_errors_passes(rescorer, lists, utterances, unit, cache)
     log.info("network search, arc posteriors: %s errors after 0..%d passes of local changes; using %d",
-             by_passes, MAX_PASSES, passes)
-    settings["passes"] = passes
-    errors = by_passes[passes]
+             by_passes, MAX_PASSES, settings["passes"])
     shared_errors, shared = fit_first_pass_search(rescorer, lists, utterances, unit, cache, settings)
     if shared_errors <= errors:
         settings, errors = shared, shared_errors
@@ -106,14 +102,22 @@ def fit_first_pass_search(rescorer: Rescorer, lists: Sequence[Sequence[dict]], u
     best: tuple[int, dict] | None = None
     for bonus in INPUT_BONUSES:
         rescorer.weights.network = {**base, "input_bonus": bonus}
-        history, _ = rescorer.searched_bests(lists, cache, MAX_PASSES)
-        by_passes = [errors_of(bests, utterances, unit) for bests in history]
-        passes = min(range(1, len(by_passes)), key=lambda p: (by_passes[p], p))
+        passes, errors, by_passes = fewest_errors_passes(rescorer, lists, utterances, unit, cache)
         log.info("network search, first-pass shares, input bonus %g: %s errors after 0..%d passes",
                  bonus, by_passes, MAX_PASSES)
-        if best is None or by_passes[passes] < best[0]:
-            best = (by_passes[passes], {**base, "input_bonus": bonus, "passes": passes})
+        if best is None or errors < best[0]:
+            best = (errors, {**base, "input_bonus": bonus, "passes": passes})
     return best
+
+
+def fewest_errors_passes(rescorer: Rescorer, lists: Sequence[Sequence[dict]], utterances: Sequence[dict], unit: str,
+                         cache: dict) -> tuple[int, int, list[int]]:
+    """The search with the rescorer's network settings for up to ``MAX_PASSES`` passes: the pass count
+    (1 or more, see MAX_PASSES) with the fewest dev errors, those errors, and the errors after each."""
+    history, _ = rescorer.searched_bests(lists, cache, MAX_PASSES)
+    by_passes = [errors_of(bests, utterances, unit) for bests in history]
+    passes = min(range(1, len(by_passes)), key=lambda p: (by_passes[p], p))
+    return passes, by_passes[passes], by_passes
 
 
 def errors_of(bests: dict[int, str], utterances: Sequence[dict], unit: str) -> int:
