@@ -15,19 +15,33 @@ GAP = "***"
 
 
 def align(ref: Sequence[str], hyp: Sequence[str]) -> list[tuple[str | None, str | None, str]]:
-    """A minimum-edit alignment of two unit sequences, as columns in order."""
+    """A minimum-edit alignment of two unit sequences, as columns in order.
+
+    Tracing back from the end it prefers a match or substitution, then a deletion, then an insertion.
+    A common suffix is always matched that way, so it is cut before the table is filled: n-best
+    hypotheses share most of their text (the network search aligns every hypothesis of a list).
+    """
     R, H = len(ref), len(hyp)
+    suffix = 0
+    while suffix < min(R, H) and ref[R - 1 - suffix] == hyp[H - 1 - suffix]:
+        suffix += 1
+    R, H = R - suffix, H - suffix
     # cost[i][j]: edits between ref[:i] and hyp[:j]
-    cost = [[0] * (H + 1) for _ in range(R + 1)]
-    for i in range(R + 1):
-        cost[i][0] = i
-    for j in range(H + 1):
-        cost[0][j] = j
+    cost = [list(range(H + 1))]
     for i in range(1, R + 1):
+        above, unit = cost[-1], ref[i - 1]
+        row = [i]
+        left = i
         for j in range(1, H + 1):
-            diagonal = cost[i - 1][j - 1] + (ref[i - 1] != hyp[j - 1])
-            cost[i][j] = min(diagonal, cost[i - 1][j] + 1, cost[i][j - 1] + 1)
-    columns = []
+            best = above[j - 1] + (unit != hyp[j - 1])
+            if above[j] + 1 < best:
+                best = above[j] + 1
+            if left + 1 < best:
+                best = left + 1
+            row.append(best)
+            left = best
+        cost.append(row)
+    columns = [(ref[k], hyp[k - R + H], "C") for k in range(R + suffix - 1, R - 1, -1)]
     i, j = R, H
     while i or j:
         if i and j and cost[i][j] == cost[i - 1][j - 1] + (ref[i - 1] != hyp[j - 1]):

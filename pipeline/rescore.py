@@ -209,7 +209,8 @@ class Rescorer:
                 changed = labels[:start] + run + labels[start + len(run):]
                 text = join_units(changed, unit)
                 first_pass = candidates[text][1] if text in inputs[k] else path_first_pass(network, changed)
-                variants.append((k, text, path_logpost(network, changed), first_pass, changed))
+                logpost = path_logpost(network, changed) if search.arc_weight else 0.0  # unweighed: not needed
+                variants.append((k, text, logpost, first_pass, changed))
         self.score_texts((v[1] for v in variants), known)
         improved = False
         for k, text, logpost, first_pass, labels in variants:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -163,6 +165,35 @@ def test_alignment_has_the_fewest_edits_and_marks_each_column():
     assert errors_of(columns) == edit_counts(ref, hyp).errors
     assert render(columns) == ["REF: the LIGHT was ***  good", "HYP: the LITE  was very good", "OP:      S         I"]
     assert align(["a", "b"], []) == [("a", None, "D"), ("b", None, "D")]
+
+
+def _full_table_alignment(ref, hyp):
+    """The alignment by the whole table, traced back from the end: match/substitution, deletion, insertion."""
+    cost = [[i + j if not i or not j else 0 for j in range(len(hyp) + 1)] for i in range(len(ref) + 1)]
+    for i in range(1, len(ref) + 1):
+        for j in range(1, len(hyp) + 1):
+            cost[i][j] = min(cost[i - 1][j - 1] + (ref[i - 1] != hyp[j - 1]), cost[i - 1][j] + 1, cost[i][j - 1] + 1)
+    columns, i, j = [], len(ref), len(hyp)
+    while i or j:
+        if i and j and cost[i][j] == cost[i - 1][j - 1] + (ref[i - 1] != hyp[j - 1]):
+            columns.append((ref[i - 1], hyp[j - 1], "C" if ref[i - 1] == hyp[j - 1] else "S"))
+            i, j = i - 1, j - 1
+        elif i and cost[i][j] == cost[i - 1][j] + 1:
+            columns.append((ref[i - 1], None, "D"))
+            i -= 1
+        else:
+            columns.append((None, hyp[j - 1], "I"))
+            j -= 1
+    return columns[::-1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(ref=st.lists(st.sampled_from("abc"), max_size=9), hyp=st.lists(st.sampled_from("abc"), max_size=9))
+def test_alignment_with_the_common_suffix_cut_equals_the_whole_table(ref, hyp):
+    """Cutting the common suffix before filling the table (for speed) changes no column, ties included."""
+    from pipeline.alignment import align
+
+    assert align(ref, hyp) == _full_table_alignment(ref, hyp)
 
 
 def test_evaluate_details_say_what_rescoring_fixed_and_broke(tmp_path):
