@@ -41,8 +41,15 @@ def align(ref: Sequence[str], hyp: Sequence[str]) -> list[tuple[str | None, str 
             row.append(best)
             left = best
         cost.append(row)
-    columns = [(ref[k], hyp[k - R + H], "C") for k in range(R + suffix - 1, R - 1, -1)]
-    i, j = R, H
+    suffix_columns = [(ref[k], hyp[k - R + H], "C") for k in range(R, R + suffix)]
+    return trace_back(cost, ref[:R], hyp[:H]) + suffix_columns
+
+
+def trace_back(cost: list[list[int]], ref: Sequence[str], hyp: Sequence[str]) -> list[tuple[str | None, str | None, str]]:
+    """The columns of a filled edit-distance table, traced back from the end: a match or substitution
+    where it is optimal, else a deletion, else an insertion."""
+    columns = []
+    i, j = len(ref), len(hyp)
     while i or j:
         if i and j and cost[i][j] == cost[i - 1][j - 1] + (ref[i - 1] != hyp[j - 1]):
             columns.append((ref[i - 1], hyp[j - 1], "C" if ref[i - 1] == hyp[j - 1] else "S"))

@@ -168,23 +168,14 @@ def test_alignment_has_the_fewest_edits_and_marks_each_column():
 
 
 def _full_table_alignment(ref, hyp):
-    """The alignment by the whole table, traced back from the end: match/substitution, deletion, insertion."""
+    """The alignment by the whole table, traced back from the end."""
+    from pipeline.alignment import trace_back
+
     cost = [[i + j if not i or not j else 0 for j in range(len(hyp) + 1)] for i in range(len(ref) + 1)]
     for i in range(1, len(ref) + 1):
         for j in range(1, len(hyp) + 1):
             cost[i][j] = min(cost[i - 1][j - 1] + (ref[i - 1] != hyp[j - 1]), cost[i - 1][j] + 1, cost[i][j - 1] + 1)
-    columns, i, j = [], len(ref), len(hyp)
-    while i or j:
-        if i and j and cost[i][j] == cost[i - 1][j - 1] + (ref[i - 1] != hyp[j - 1]):
-            columns.append((ref[i - 1], hyp[j - 1], "C" if ref[i - 1] == hyp[j - 1] else "S"))
-            i, j = i - 1, j - 1
-        elif i and cost[i][j] == cost[i - 1][j] + 1:
-            columns.append((ref[i - 1], None, "D"))
-            i -= 1
-        else:
-            columns.append((None, hyp[j - 1], "I"))
-            j -= 1
-    return columns[::-1]
+    return trace_back(cost, ref, hyp)
 
 
 @settings(max_examples=300, deadline=None)
