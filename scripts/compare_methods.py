@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--plain-only", action="store_true", help="tune and measure plain rescoring only")
     parser.add_argument("--score-fields", help="first-pass fields to weigh, comma-separated (default: as tune picks)")
     args = parser.parse_args()
-    if args.candidates:
+    if args.candidates is not None:
         NETWORK_DEFAULTS["candidates"] = args.candidates
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     utterances = [u for u in read_nbest(args.dev) if isinstance(u.get("reference"), str)]
