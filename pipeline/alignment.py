@@ -41,8 +41,7 @@ def align(ref: Sequence[str], hyp: Sequence[str]) -> list[tuple[str | None, str 
             row.append(best)
             left = best
         cost.append(row)
-    suffix_columns = [(ref[k], hyp[k - R + H], "C") for k in range(R, R + suffix)]
-    return trace_back(cost, ref[:R], hyp[:H]) + suffix_columns
+    return trace_back(cost, ref[:R], hyp[:H]) + [(r, h, "C") for r, h in zip(ref[R:], hyp[H:])]
 
 
 def trace_back(cost: list[list[int]], ref: Sequence[str], hyp: Sequence[str]) -> list[tuple[str | None, str | None, str]]:
