@@ -130,6 +130,8 @@ def best_paths(network: Network, count: int) -> list[tuple[float, list[Label]]]:
     Each slot's arcs are sorted by posterior; a path is a vector of per-slot ranks, and a popped
     path's successors raise one slot's rank by one (a visited set keeps each vector once).
     """
+    if count < 1:
+        return []
     if not network.slots:
         return [(0.0, [])]
     ranked = [sorted(slot.items(), key=lambda item: (-item[1], item[0])) for slot in network.slots]
@@ -148,6 +150,30 @@ def best_paths(network: Network, count: int) -> list[tuple[float, list[Label]]]:
                     seen.add(successor)
                     heapq.heappush(heap, (negative - logs[s][r + 1] + logs[s][r], successor))
     return found
+
+
+def oracle_errors(network: Network, reference: Sequence[str]) -> int:
+    """The fewest edit errors of any path through the network against ``reference``: the floor of the
+    search, below the n-best oracle. A dynamic programme over the slots whose state is the number of
+    reference units matched so far; exact, since a path's alignment splits at slot boundaries.
+    """
+    best = list(range(len(reference) + 1))  # before any slot: j reference units deleted
+    for slot in network.slots:
+        rows = [arc_row(best, label, reference) for label in slot]
+        best = [min(column) for column in zip(*rows)]
+    return best[-1]
+
+
+def arc_row(best: list[int], label: Label, reference: Sequence[str]) -> list[int]:
+    """The fewest errors with j reference units matched after an arc's units, for each j, from ``best``
+    before them: the arc's rows of an edit-distance table whose first row is ``best``."""
+    row = best
+    for unit in label:
+        following = [row[0] + 1]
+        for j, ref in enumerate(reference, 1):
+            following.append(min(row[j] + 1, row[j - 1] + (unit != ref), following[j - 1] + 1))
+        row = following
+    return row
 
 
 def join_units(labels: Sequence[Label], unit: str) -> str:

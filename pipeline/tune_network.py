@@ -10,6 +10,7 @@ import torch
 
 from pipeline.mbr import best_mbr_temperature, mbr_evidence
 from pipeline.metrics import error_counts, split_units
+from pipeline.network import oracle_errors
 from pipeline.rescore import Rescorer, text_length
 from pipeline.tune import DevSet, search_weights
 from pipeline.weights import NETWORK_DEFAULTS
@@ -22,6 +23,11 @@ MAX_PASSES = 4  # rounds of local changes tried on the dev set (more gained noth
 # The first-pass scoring (the plain weights, the estimated first-pass score, arc weight 0) is tried with
 # these input bonuses; the bonus that makes the fewest dev errors is kept.
 INPUT_BONUSES = (-0.5, 0.0, 0.5, 1.0, 2.0, 3.0)
+# Paths expanded per list under the first-pass scoring, besides the inputs and the arc-posterior fit's count:
+# its passes reach the combinations by copying runs of the inputs, so few or no expanded paths were as
+# accurate on zh-rmrb dev and score far fewer new texts (on en-kjv dev, 20 paths add about 3,400 texts
+# to a search that adds about 7,400). Of the counts with the fewest dev errors, the smallest is kept.
+FIRST_PASS_CANDIDATES = (0, 1)
 # The expanded paths without a pass of local changes lost to plain rescoring on the test halves in
 # every comparison measured (scripts/compare_methods.py, three zh-rmrb and three en-kjv models: 0.13 to 0.41
 # points worse on average), even where they won on the tuning half; so tune fits 1 to MAX_PASSES passes,
@@ -38,7 +44,7 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
     ``MAX_PASSES`` rounds of local changes and keep the round count with the fewest errors. Then fit the
     first-pass scoring (:func:`fit_first_pass_search`) and keep it unless it makes more errors; with
     ``decision="mbr"``, fit the temperature of the MBR choice among the scored candidates.
-    Returns the settings and figures (errors, the network oracle).
+    Returns the settings and figures (errors; the oracles of the network and of the arc-posterior fit's candidates).
     """
     candidates = candidates or NETWORK_DEFAULTS["candidates"]
     lists = [u["hypotheses"] for u in utterances]
@@ -47,16 +53,20 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
     scale = statistics.median(spreads) if spreads and statistics.median(spreads) > 0 else 1.0
     cache: dict[str, tuple[float, float | None]] = {}
     best = None
+    network_oracle = None
     for k, factor in enumerate(NETWORK_TEMPERATURES):
         rescorer.weights.network = {**rescorer.weights.network, "temperature": scale * factor,
                                     "candidates": candidates}
-        expanded = [{t: c[0] for t, c in rescorer.network_candidates(hyps)[2].items()} if hyps else {}
-                    for hyps in lists]
+        built = [rescorer.network_candidates(hyps) if hyps else None for hyps in lists]
+        expanded = [{t: c[0] for t, c in item[2].items()} if item else {} for item in built]
+        if network_oracle is None:  # the arcs, unlike their posteriors, do not depend on the temperature
+            network_oracle = sum(list_oracle(item, u, unit) for item, u in zip(built, utterances))
         rescorer.score_texts((t for c in expanded for t in c), cache)
         dev = network_dev_set(expanded, utterances, cache, unit, rescorer.backward_scorer is not None)
         vector, errors = search_weights(dev, dev.names[1:])
         oracle = int(dev.errors.masked_fill(~dev.valid, 10 ** 9).min(dim=1).values.sum())
-        log.info("network search, temperature %.3g: %d errors (network oracle %d)", scale * factor, errors, oracle)
+        log.info("network search, temperature %.3g: %d errors (the candidates' oracle %d, the network's %d)",
+                 scale * factor, errors, oracle, network_oracle)
         if best is None or errors < best[0]:
             best = (errors, scale * factor, vector, dev, oracle)
         if progress:
@@ -83,15 +93,28 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
         log.info("network search, MBR: temperature %.4g, %d errors (the highest total: %d)",
                  settings["mbr_temperature"], errors, highest)
     scoring = "first-pass shares" if settings["first_pass_weight"] else "arc posteriors"
-    return settings, {"search_errors": errors, "searched": errors / units, "network_oracle": oracle / units,
-                      "search_passes": settings["passes"], "search_scoring": scoring}
+    return settings, {"search_errors": errors, "searched": errors / units, "network_oracle": network_oracle / units,
+                      "candidates_oracle": oracle / units,
+                      "search_passes": settings["passes"], "search_candidates": settings["candidates"],
+                      "search_scoring": scoring}
+
+
+def list_oracle(built, utterance: dict, unit: str) -> int:
+    """The fewest errors of any path through one list's network (``built``: its unit, network and
+    candidates; None for an empty list), counted in ``unit``. A list whose own unit differs (a Chinese
+    list in an English file) counts its n-best oracle, since its arcs are not units of the count."""
+    if built is None or built[0] != unit:
+        texts = [h["text"] for h in utterance["hypotheses"]] or [""]
+        return min(error_counts(utterance["reference"], text, unit).errors for text in texts)
+    return oracle_errors(built[1], split_units(utterance["reference"], unit))
 
 
 def fit_first_pass_search(rescorer: Rescorer, lists: Sequence[Sequence[dict]], utterances: Sequence[dict], unit: str,
                           cache: dict, settings: dict) -> tuple[int, dict]:
     """The search scored as plain rescoring scores (its tuned weights; a new text's first-pass score
     estimated from its arcs' shares; the arc posterior unweighed), with the input bonus and the passes that
-    make the fewest dev errors. Returns those errors and the settings.
+    make the fewest dev errors, and the fewest expanded paths (``FIRST_PASS_CANDIDATES``) that make them.
+    Returns those errors and the settings.
 
     The posterior of an arc that only a low-ranked hypothesis holds is tiny, while its share of the
     first-pass score is what the recogniser gave it (zh-rmrb dev: README, The combined score).
@@ -100,13 +123,15 @@ def fit_first_pass_search(rescorer: Rescorer, lists: Sequence[Sequence[dict]], u
     base = {**settings, "arc_weight": 0.0, "first_pass_weight": 1.0, "lm_weight": weights.lm_weight,
             "backward_weight": weights.backward_weight, "length_bonus": weights.length_bonus}
     best: tuple[int, dict] | None = None
-    for bonus in INPUT_BONUSES:
-        rescorer.weights.network = {**base, "input_bonus": bonus}
-        passes, errors, by_passes = fewest_errors_passes(rescorer, lists, utterances, unit, cache)
-        log.info("network search, first-pass shares, input bonus %g: %s errors after 0..%d passes",
-                 bonus, by_passes, MAX_PASSES)
-        if best is None or errors < best[0]:
-            best = (errors, {**base, "input_bonus": bonus, "passes": passes})
+    for count in sorted({*FIRST_PASS_CANDIDATES, settings["candidates"]}):  # a tie keeps the cheaper count
+        for bonus in INPUT_BONUSES:
+            trial = {**base, "candidates": count, "input_bonus": bonus}
+            rescorer.weights.network = trial
+            passes, errors, by_passes = fewest_errors_passes(rescorer, lists, utterances, unit, cache)
+            log.info("network search, first-pass shares, %d paths, input bonus %g: %s errors after 0..%d passes",
+                     count, bonus, by_passes, MAX_PASSES)
+            if best is None or errors < best[0]:
+                best = (errors, {**trial, "passes": passes})
     return best
 
 

@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 MODEL_WEIGHTS_FILE = "weights.json"  # default weights inside a model directory
 DECISIONS = ("map", "mbr")
 SEARCHES = ("none", "network")
-# temperature: of the first-pass posteriors that weigh the arcs; candidates: paths expanded per list (20:
-# as accurate as 50 on both dev sets, at less cost);
+# temperature: of the first-pass posteriors that weigh the arcs; candidates: paths expanded per list besides
+# the inputs (20: as accurate as 50 on both dev sets, at less cost; tune may fit fewer, 0 for none);
 # the rest weigh each candidate's arc log posterior, first-pass score (an input's own, else the estimate
 # from its arcs' shares), LM scores and length (pipeline.network); arc_weight 1 and first_pass_weight 0
 # are what weights files written before the first-pass term meant.
@@ -111,9 +111,11 @@ def read_weights_file(path: Path) -> tuple[Weights, dict]:
     if not isinstance(weights.network, dict) or set(weights.network) - set(NETWORK_DEFAULTS):
         raise WeightsFileError(f"{path}: network must be an object with {', '.join(NETWORK_DEFAULTS)}")
     weights.network = {**NETWORK_DEFAULTS, **weights.network}
-    if (not weights.network["temperature"] > 0 or weights.network["candidates"] < 1
+    count = weights.network["candidates"]
+    if (not weights.network["temperature"] > 0 or not isinstance(count, int) or isinstance(count, bool) or count < 0
             or not (weights.network["mbr_temperature"] is None or weights.network["mbr_temperature"] > 0)):
-        raise WeightsFileError(f"{path}: network temperature and mbr_temperature must be above 0 and candidates at least 1")
+        raise WeightsFileError(f"{path}: network temperature and mbr_temperature must be above 0 and candidates "
+                               "a whole number, 0 or more")
     if weights.decision not in DECISIONS:
         raise WeightsFileError(f"{path}: decision must be one of {', '.join(DECISIONS)}, got {weights.decision!r}")
     return weights, record

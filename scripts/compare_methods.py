@@ -27,6 +27,7 @@ from pipeline.metrics import detect_unit, error_counts
 from pipeline.models import default_model_dir
 from pipeline.nbest import read_nbest
 from pipeline.tune import first_pass_fields, tune_weights
+from pipeline.tune_network import list_oracle
 from pipeline.weights import NETWORK_DEFAULTS, Weights
 
 METHODS = {  # name: (decision, search, passes); None: what tune chose
@@ -59,6 +60,16 @@ def error_rate(rescorer, weights: Weights, utterances: list[dict], unit: str) ->
     return sum(c.errors for c in counts) / max(sum(c.ref_len for c in counts), 1)
 
 
+def oracles(rescorer, utterances: list[dict], unit: str) -> str:
+    """The floors of the whole file: the n-best oracle and that of the hypotheses' confusion networks."""
+    units = max(sum(error_counts(u["reference"], "", unit).ref_len for u in utterances), 1)
+    nbest = sum(min(error_counts(u["reference"], h["text"], unit).errors for h in u["hypotheses"] or [{"text": ""}])
+                for u in utterances)
+    network = sum(list_oracle(rescorer.network_candidates(u["hypotheses"]) if u["hypotheses"] else None, u, unit)
+                  for u in utterances)
+    return f"oracle of the whole file: n-best {100 * nbest / units:.2f}%, confusion network {100 * network / units:.2f}%"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dev", type=Path)
@@ -84,6 +95,8 @@ def main() -> None:
     if rescorer.backward_scorer is not None:
         rescorer.backward_scorer = Memo(rescorer.backward_scorer)
     initial = rescorer.weights
+    if not args.plain_only:
+        print(oracles(rescorer, utterances, unit), flush=True)
     methods = {"plain": METHODS["plain"]} if args.plain_only else METHODS
     decision, search = ("map", "none") if args.plain_only else ("mbr", "network")
     rates: dict[str, list[float]] = {name: [] for name in methods}

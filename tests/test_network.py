@@ -7,11 +7,15 @@ import json
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.network import best_paths, build_network, join_units, network_candidates, path_logpost
+from pipeline.metrics import edit_counts
+from pipeline.network import best_paths, build_network, join_units, network_candidates, oracle_errors, path_logpost
 from pipeline.rescore import Rescorer, Weights
+from pipeline.tune_network import FIRST_PASS_CANDIDATES
 from pipeline.weights import NETWORK_DEFAULTS
 from test_cli import write_json
 from test_rescore import TableScorer
@@ -63,6 +67,19 @@ def test_best_paths_equal_exhaustive_enumeration(seed):
     assert best_paths(network, 1)[0][1] == everything[0][1]
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.sampled_from("abc"), max_size=4), min_size=1, max_size=4),
+       st.lists(st.sampled_from("abcd"), max_size=5))
+def test_network_oracle_equals_the_best_of_every_path(hyps, reference):
+    """Unequal lengths give gap slots, empty arcs and arcs of several units; the dynamic programme must
+    find the same floor as scoring every path."""
+    network = build_network(hyps, [-float(i) for i in range(len(hyps))], temperature=1.0)
+    fewest = min(edit_counts(reference, [u for label in labels for u in label]).errors
+                 for labels in itertools.product(*[list(slot) for slot in network.slots]))
+    assert oracle_errors(network, reference) == fewest
+    assert fewest <= min(edit_counts(reference, hyp).errors for hyp in hyps)  # every input is a path
+
+
 def test_with_a_zero_lm_weight_the_search_returns_the_arc_posterior_best_path():
     # posteriors 0.4, 0.3, 0.3: slot 1 "a" (0.4) wins, slot 2 "x" (0.6): "a x", none of the inputs
     texts, scores = ["a y", "b x", "c x"], [0.0, math.log(0.3 / 0.4), math.log(0.3 / 0.4)]
@@ -74,6 +91,12 @@ def test_with_a_zero_lm_weight_the_search_returns_the_arc_posterior_best_path():
     assert result.best == join_units(best_paths(network, 1)[0][1], "word") == "a x"
     assert not result.best_in_input and result.searched
     assert result.ranks == [1, 2, 3]  # the input hypotheses keep their ranking
+
+
+def test_no_expanded_paths_leave_the_inputs_alone_even_in_an_empty_network():
+    assert best_paths(build_network([], [], 1.0), 0) == [] and best_paths(build_network([["a"]], [0.0], 1.0), 0) == []
+    _, candidates = network_candidates([list("ab"), list("xy")], [0.0, -1.0], "char", 1.0, count=0)
+    assert set(candidates) == {"ab", "xy"}  # not the combinations "ay", "xb"
 
 
 def test_candidates_hold_every_input_hypothesis():
@@ -89,7 +112,8 @@ def test_tune_with_search_records_it_and_rescore_applies_it(trained_model_dir, t
                                  "--search", "network"])
     assert result.exit_code == 0, result.output
     tuned = json.loads(weights.read_text())
-    assert tuned["weights"]["network"]["candidates"] == NETWORK_DEFAULTS["candidates"] and tuned["weights"]["network"]["passes"] in range(5)
+    network = tuned["weights"]["network"]
+    assert network["candidates"] in (*FIRST_PASS_CANDIDATES, NETWORK_DEFAULTS["candidates"]) and network["passes"] in range(5)
     assert tuned["dev"]["network_oracle"] <= tuned["dev"]["oracle"]
     applied = runner.invoke(app, ["rescore", str(source), "-m", str(trained_model_dir), "--weights", str(weights),
                                   "--search", "network"])
@@ -116,6 +140,7 @@ def test_tune_keeps_the_search_when_it_makes_fewer_dev_errors():
     weights, figures = tune_weights(Rescorer(TableScorer(table, default=-30.0)), utterances, "word",
                                     search="network")
     assert figures["tuned"] > 0 and figures["searched"] == 0  # every reference found, none in the lists
+    assert figures["network_oracle"] == 0 < figures["oracle"]
     assert weights.search == "network"
     result = Rescorer(TableScorer(table, default=-30.0), weights).rescore(["a0 y0", "b0 x0"], [0.0, -0.1])
     assert result.best == "a0 x0" and not result.best_in_input
@@ -132,7 +157,7 @@ def test_tune_turns_the_search_off_when_it_does_not_beat_plain_rescoring(caplog)
     weights, figures = tune_weights(Rescorer(TableScorer(table, default=-5.0)), utterances, "word",
                                     search="network")
     assert figures["tuned"] == 0
-    assert weights.search == "none" and weights.network["candidates"] == NETWORK_DEFAULTS["candidates"]  # kept, search off
+    assert weights.search == "none" and weights.network["passes"] >= 1  # the fitted settings kept, search off
     assert "no fewer than plain rescoring" in caplog.text
 
 
@@ -148,6 +173,32 @@ def test_tune_counts_the_passes_that_reach_a_reference_beyond_the_candidates():
     rescorer = Rescorer(TableScorer(table, default=-30.0), Weights(), unit="word")
     settings, figures = tune_network(rescorer, utterances, "word", candidates=1)
     assert settings["passes"] >= 1 and figures["search_errors"] == 0
+
+
+def test_tune_expands_paths_only_where_the_passes_cannot_reach_the_references(tmp_path):
+    """A reference that takes one word from each of two hypotheses differing in non-adjacent slots is one
+    pass from the inputs (copying a run), so tune expands no paths; where they differ in adjacent slots,
+    the run copied is the whole other hypothesis, and only expanded paths reach the reference."""
+    from pipeline.tune_network import tune_network
+
+    utterances, table = [], {}
+    for k in range(3):
+        utterances.append({"id": f"u{k}", "reference": f"a{k} q x{k}", "hypotheses": [
+            {"text": f"a{k} q y{k}", "score": 0.0}, {"text": f"b{k} q x{k}", "score": -0.1}]})
+        table.update({f"a{k} q x{k}": -1.0, f"a{k} q y{k}": -10.0, f"b{k} q x{k}": -11.0})
+    rescorer = Rescorer(TableScorer(table, default=-30.0), Weights(), unit="word")
+    settings, figures = tune_network(rescorer, utterances, "word")
+    assert figures["search_errors"] == 0 and settings["candidates"] == 0 and settings["passes"] >= 1
+    weights = Weights(search="network", network=settings)
+    weights.save(tmp_path / "w.json")
+    result = Rescorer(TableScorer(table, default=-30.0), Weights.load(tmp_path / "w.json")).rescore(
+        ["a1 q y1", "b1 q x1"], [0.0, -0.1])
+    assert result.best == "a1 q x1" and not result.best_in_input
+
+    adjacent, table = combination_dev_set()
+    rescorer = Rescorer(TableScorer(table, default=-30.0), Weights(), unit="word")
+    settings, figures = tune_network(rescorer, adjacent, "word")
+    assert figures["search_errors"] == 0 and settings["candidates"] == NETWORK_DEFAULTS["candidates"]
 
 
 def test_tune_runs_at_least_one_pass_even_where_the_expanded_paths_alone_do_as_well_on_dev():

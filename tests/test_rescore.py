@@ -373,6 +373,8 @@ def test_weights_load_a_bare_object(tmp_path):
         ('{"weights": {"lm_weight": NaN}}', "finite number"),
         ('{"weights": {"score_fields": {"score": Infinity}}}', "finite number"),
         ('{"weights": {"score_fields": {"score": "1"}}}', "finite number"),
+        ('{"weights": {"network": {"candidates": -1}}}', "candidates a whole number, 0 or more"),
+        ('{"weights": {"network": {"candidates": 1.5}}}', "candidates a whole number, 0 or more"),
     ],
 )
 def test_bad_weights_file(tmp_path, content, message):
