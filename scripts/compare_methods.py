@@ -75,7 +75,8 @@ def main() -> None:
     parser.add_argument("dev", type=Path)
     parser.add_argument("-m", "--model", type=Path)
     parser.add_argument("--splits", type=int, default=10)
-    parser.add_argument("--candidates", type=int, help="paths expanded per list (default: as tune expands)")
+    parser.add_argument("--candidates", type=int, help="paths the arc-posterior fit expands per list, and the most the first-pass fit tries "
+                        "(default: as tune does)")
     parser.add_argument("--plain-only", action="store_true", help="tune and measure plain rescoring only")
     parser.add_argument("--score-fields", help="first-pass fields to weigh, comma-separated (default: as tune picks)")
     args = parser.parse_args()
@@ -113,7 +114,8 @@ def main() -> None:
             weights.network["passes"] = tuned.network["passes"] if passes is None else passes
             rates[name].append(error_rate(rescorer, weights, test_half, unit))
         print(f"split {seed}: " + ", ".join(f"{name} {100 * r[-1]:.2f}%" for name, r in rates.items())
-              + f" (search {'kept' if tuned.search == 'network' else 'off'}, {tuned.network['passes']} passes)",
+              + f" (search {'kept' if tuned.search == 'network' else 'off'}, {tuned.network['passes']} passes, "
+              f"{tuned.network['candidates']} expanded paths)",
               flush=True)
     print(f"mean of {args.splits}: " + ", ".join(f"{n} {100 * statistics.mean(r):.2f}%" for n, r in rates.items()))
 

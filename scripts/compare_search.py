@@ -66,7 +66,8 @@ def main() -> None:
                          for u in json.loads((tmp / "searched.json").read_text())["utterances"])
             rows.append((plain, searched, searched if kept else plain, search_s / plain_s))
             print(f"split {seed}: plain {100 * plain:.2f}%, network search {100 * searched:.2f}% "
-                  f"({tuned['weights']['network']['passes']} passes, {inputs} bests not in the list; "
+                  f"({tuned['weights']['network']['passes']} passes, {tuned['weights']['network']['candidates']} paths, "
+                  f"{inputs} bests not in the list; "
                   f"tune {'kept' if kept else 'turned off'} the search), time x{search_s / plain_s:.2f}")
     mean = lambda k: 100 * statistics.mean(r[k] for r in rows)  # noqa: E731
     print(f"mean of {args.splits}: plain {mean(0):.2f}%, search {mean(1):.2f}%, as tuned {mean(2):.2f}%, "
