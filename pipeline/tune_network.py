@@ -61,12 +61,12 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
         expanded = [{t: c[0] for t, c in item[2].items()} if item else {} for item in built]
         if network_oracle is None:  # the arcs, unlike their posteriors, do not depend on the temperature
             network_oracle = sum(list_oracle(item, u, unit) for item, u in zip(built, utterances))
+            log.info("network search: the oracle of the networks makes %d errors", network_oracle)
         rescorer.score_texts((t for c in expanded for t in c), cache)
         dev = network_dev_set(expanded, utterances, cache, unit, rescorer.backward_scorer is not None)
         vector, errors = search_weights(dev, dev.names[1:])
         oracle = int(dev.errors.masked_fill(~dev.valid, 10 ** 9).min(dim=1).values.sum())
-        log.info("network search, temperature %.3g: %d errors (the candidates' oracle %d, the network's %d)",
-                 scale * factor, errors, oracle, network_oracle)
+        log.info("network search, temperature %.3g: %d errors (the candidates' oracle %d)", scale * factor, errors, oracle)
         if best is None or errors < best[0]:
             best = (errors, scale * factor, vector, dev, oracle)
         if progress:
