@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from pipeline.mbr import best_mbr_temperature, mbr_evidence
-from pipeline.metrics import error_counts, split_units
+from pipeline.metrics import error_counts, oracle_counts, split_units
 from pipeline.network import oracle_errors
 from pipeline.rescore import Rescorer, text_length
 from pipeline.tune import DevSet, search_weights
@@ -101,11 +101,11 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
 
 def list_oracle(built, utterance: dict, unit: str) -> int:
     """The fewest errors of any path through one list's network (``built``: its unit, network and
-    candidates; None for an empty list), counted in ``unit``. A list whose own unit differs (a Chinese
-    list in an English file) counts its n-best oracle, since its arcs are not units of the count."""
+    candidates, as ``Rescorer.network_candidates`` gives them; None for an empty list), counted in
+    ``unit``. A list whose own unit differs (a Chinese list in an English file) counts its n-best
+    oracle, since its arcs are not units of the count."""
     if built is None or built[0] != unit:
-        texts = [h["text"] for h in utterance["hypotheses"]] or [""]
-        return min(error_counts(utterance["reference"], text, unit).errors for text in texts)
+        return oracle_counts(utterance["reference"], [h["text"] for h in utterance["hypotheses"]], unit).errors
     return oracle_errors(built[1], split_units(utterance["reference"], unit))
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from lm.checkpoint import backward_model_dir
 from pipeline.commands import apply_options, make_rescorer
 from pipeline.errors import UsageError
-from pipeline.metrics import detect_unit, error_counts
+from pipeline.metrics import detect_unit, error_counts, oracle_counts
 from pipeline.models import default_model_dir
 from pipeline.nbest import read_nbest
 from pipeline.tune import first_pass_fields, tune_weights
@@ -63,8 +63,7 @@ def error_rate(rescorer, weights: Weights, utterances: list[dict], unit: str) ->
 def oracles(rescorer, utterances: list[dict], unit: str) -> str:
     """The floors of the whole file: the n-best oracle and that of the hypotheses' confusion networks."""
     units = max(sum(error_counts(u["reference"], "", unit).ref_len for u in utterances), 1)
-    nbest = sum(min(error_counts(u["reference"], h["text"], unit).errors for h in u["hypotheses"] or [{"text": ""}])
-                for u in utterances)
+    nbest = sum(oracle_counts(u["reference"], [h["text"] for h in u["hypotheses"]], unit).errors for u in utterances)
     network = sum(list_oracle(rescorer.network_candidates(u["hypotheses"]) if u["hypotheses"] else None, u, unit)
                   for u in utterances)
     return f"oracle of the whole file: n-best {100 * nbest / units:.2f}%, confusion network {100 * network / units:.2f}%"
