@@ -5,7 +5,7 @@ Every text is scored once over all splits (a memo in front of the LM), so ten sp
 than one. "as tuned" is what ``rescore --weights`` does with those weights (the search only where
 tune kept it). For the search's cost against plain rescoring, see scripts/compare_search.py.
 
-    python scripts/compare_methods.py ../shared/data/zh-rmrb/dev.nbest.json [-m MODEL_DIR] [--splits 10] [--candidates N]
+    python scripts/compare_methods.py ../shared/data/zh-rmrb/dev.nbest.json [-m MODEL_DIR] [--splits 10] [--first-split 0] [--candidates N]
 
 ``--plain-only`` tunes and measures plain rescoring alone (no search, no MBR): minutes instead of tens of
 minutes, for comparing models. ``--score-fields score`` weighs only the given first-pass fields.
@@ -74,6 +74,8 @@ def main() -> None:
     parser.add_argument("dev", type=Path)
     parser.add_argument("-m", "--model", type=Path)
     parser.add_argument("--splits", type=int, default=10)
+    parser.add_argument("--first-split", type=int, default=0,
+                        help="seed of the first split (run splits 0-4 and 5-9 as two processes on two cores)")
     parser.add_argument("--candidates", type=int, help="paths the arc-posterior fit expands per list, and the most the first-pass fit tries "
                         "(default: as tune does)")
     parser.add_argument("--plain-only", action="store_true", help="tune and measure plain rescoring only")
@@ -100,7 +102,7 @@ def main() -> None:
     methods = {"plain": METHODS["plain"]} if args.plain_only else METHODS
     decision, search = ("map", "none") if args.plain_only else ("mbr", "network")
     rates: dict[str, list[float]] = {name: [] for name in methods}
-    for seed in range(args.splits):
+    for seed in range(args.first_split, args.first_split + args.splits):
         order = list(range(len(utterances)))
         random.Random(seed).shuffle(order)
         tune_half = [utterances[i] for i in sorted(order[: len(order) // 2])]
