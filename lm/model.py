@@ -19,7 +19,7 @@ class ModelConfig:
     """Architecture of :class:`RnnLanguageModel`; stored in ``config.json``."""
 
     vocab_size: int
-    embedding_dim: int = 512
+    embedding_dim: int = 256
     hidden_dim: int = 512
     num_layers: int = 2
     cell: str = "lstm"

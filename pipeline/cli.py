@@ -83,7 +83,7 @@ def train(
     vocab_size: Annotated[int, typer.Option(help="SentencePiece vocabulary size.")] = 8000,
     model_type: Annotated[str, typer.Option(help="SentencePiece model: unigram, bpe, char or word.")] = "unigram",
     cell: Annotated[str, typer.Option(help="Recurrent cell: lstm, gru or rnn.")] = "lstm",
-    embedding_dim: Annotated[int, typer.Option(help="Embedding size.")] = 512,
+    embedding_dim: Annotated[int, typer.Option(help="Embedding size; below --hidden-dim, a projection maps the state to it before the tied output layer.")] = 256,
     hidden_dim: Annotated[int, typer.Option(help="Recurrent state size.")] = 512,
     num_layers: Annotated[int, typer.Option(help="Recurrent layers.")] = 2,
     dropout: Annotated[Optional[float], typer.Option(help="Dropout on embeddings, between layers and on outputs (default: 0.4, or 0.5 for a small corpus with 16 epochs in the budget; see the README's Training).")] = None,

@@ -163,9 +163,9 @@ def dev_sequences(path: Path, lm: LanguageModel) -> list[list[int]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocab", type=int, default=8000)
-    parser.add_argument("--embedding-dim", type=int, default=512)
-    parser.add_argument("--hidden-dim", type=int, default=512)
-    parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--embedding-dim", type=int, default=ModelConfig.embedding_dim)
+    parser.add_argument("--hidden-dim", type=int, default=ModelConfig.hidden_dim)
+    parser.add_argument("--num-layers", type=int, default=ModelConfig.num_layers)
     parser.add_argument("--cell", default="lstm")
     parser.add_argument("--utterances", type=int, default=40)
     parser.add_argument("--hyps", type=int, default=50)

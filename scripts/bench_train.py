@@ -51,9 +51,9 @@ def tokens_per_second(model_config: ModelConfig, device: torch.device, bf16: boo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocab", type=int, default=8000)
-    parser.add_argument("--embedding-dim", type=int, default=512)
-    parser.add_argument("--hidden-dim", type=int, default=512)
-    parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--embedding-dim", type=int, default=ModelConfig.embedding_dim)
+    parser.add_argument("--hidden-dim", type=int, default=ModelConfig.hidden_dim)
+    parser.add_argument("--num-layers", type=int, default=ModelConfig.num_layers)
     parser.add_argument("--batch-tokens", type=int, default=4096)
     parser.add_argument("--length", type=int, default=24, help="tokens per sentence, </s> included")
     parser.add_argument("--steps", type=int, default=8)
