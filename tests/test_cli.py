@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import math
 import shutil
@@ -11,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import CHINESE, ENGLISH
-from pipeline import batch, commands
+from lm.model import ModelConfig
+from pipeline import batch, cli, commands
 from pipeline.cli import app, rescore_app
 from pipeline.nbest import NbestFormatError
 
@@ -615,3 +617,9 @@ def test_bad_train_options_exit_2_before_any_work(tmp_path, option, message):
     result = runner.invoke(app, ["train", str(corpus), "-o", str(tmp_path / "lm"), *option])
     assert assert_user_error(result, code=2) == message
     assert not (tmp_path / "lm").exists()
+
+
+@pytest.mark.parametrize("name", ["embedding_dim", "hidden_dim", "num_layers", "cell"])
+def test_train_architecture_defaults_are_model_configs(name):
+    """The train command spells out its size defaults (the CLI starts without importing torch); they are ModelConfig's."""
+    assert inspect.signature(cli.train).parameters[name].default == getattr(ModelConfig, name)
