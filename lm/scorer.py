@@ -179,6 +179,37 @@ class SentenceScorer:
                     progress(1)
         return scores
 
+    def score_ngram(self, texts: Sequence[str]) -> list[float] | None:
+        """log P(text, </s>) under the model's n-gram alone (None for a model without one).
+
+        Table lookups and no network step, so cheap enough to rank many texts before the network scores
+        the few worth it (the search in pipeline.rescore). Texts are pooled by ``batch_tokens``.
+        """
+        ngram = self.lm.ngram
+        if ngram is None:
+            return None
+        unique = list(dict.fromkeys(texts))
+        ids = self.encode(unique)
+        by_text = {}
+        for pool in pools_by_budget([len(s) + 1 for s in ids], self.batch_tokens):
+            by_text.update(zip((unique[i] for i in pool), self.ngram_logprobs([ids[i] for i in pool])))
+        return [by_text[text] for text in texts]
+
+    def ngram_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        """The n-gram's log P(sequence, </s>) of each sequence, all positions looked up at once."""
+        tok, width = self.tokenizer, self.lm.ngram.history_width
+        longest = max(len(s) for s in sequences) + 1
+        inputs = torch.full((len(sequences), longest), tok.eos_id, dtype=torch.int64)  # (B, L), padded
+        targets = inputs.clone()
+        for row, sequence in enumerate(sequences):
+            inputs[row, : len(sequence) + 1] = torch.tensor([tok.bos_id, *sequence], dtype=torch.int64)
+            targets[row, : len(sequence) + 1] = torch.tensor([*sequence, tok.eos_id], dtype=torch.int64)
+        lengths = torch.tensor([len(s) + 1 for s in sequences])
+        mask = torch.arange(longest)[None, :] < lengths[:, None]  # (B, L): the real positions
+        logprobs = self.lm.ngram.logprobs(history_windows(inputs, width)[mask], targets[mask])
+        rows = torch.arange(len(sequences))[:, None].expand(-1, longest)[mask]
+        return torch.zeros(len(sequences), dtype=torch.float64).index_add_(0, rows, logprobs).tolist()
+
     @contextlib.contextmanager
     def inference(self):
         with torch.inference_mode():

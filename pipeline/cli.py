@@ -72,6 +72,9 @@ def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr, force=True)
 
 
+StageBudgetOption = Annotated[Optional[str], typer.Option(help="New texts each stage of the network search (the expanded paths, each pass) may send to the LM, as a fraction of the list's hypotheses, chosen by the n-gram; 'none' for no limit. Bounds the search's cost (default: the weights file's, else 0.1).")]
+
+
 @app.command()
 @reports_errors
 def train(
@@ -193,6 +196,7 @@ def rescore(
     posterior_temperature: Annotated[Optional[float], typer.Option(help="Temperature of each hypothesis's posterior (softmax of total_score / T; default 1 or the tuned one).")] = None,
     decision: Annotated[Optional[str], typer.Option(help="How best is chosen: map (the highest total_score) or mbr (the fewest expected errors under the posterior); default: the weights file's, else map.")] = None,
     search: Annotated[Optional[str], typer.Option(help="none, or network: best may be any path of the hypotheses' confusion network (weights from 'tune --search network'); default: the weights file's.")] = None,
+    stage_budget: StageBudgetOption = None,
     allow_other_model: Annotated[bool, typer.Option(help="Apply --weights tuned for another model (or with a backward model this run lacks) anyway.")] = False,
     overwrite_input: Annotated[bool, typer.Option(help="Allow -o to name the input file, replacing it with the result.")] = False,
     debug: DebugOption = False,
@@ -233,6 +237,7 @@ def tune(
     plot: Annotated[Optional[Path], typer.Option(help="Draw the dev error rate along each weight around the chosen point into this PNG (needs matplotlib: the 'plot' extra).")] = None,
     decision: Annotated[str, typer.Option(help="map, or mbr: also fit the temperature of the minimum-Bayes-risk choice, and record it.")] = "map",
     search: Annotated[str, typer.Option(help="none, or network: also fit the confusion-network search (arc temperature, LM, backward and length weights), and record it.")] = "none",
+    stage_budget: StageBudgetOption = None,
 ) -> None:
     """Search lm_weight, length_bonus (and field and backward weights) minimising WER/CER on a dev set.
 

@@ -7,6 +7,7 @@ import errno
 import functools
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,7 +118,8 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 def run_rescore(nbest: Path, model, output, weights, lm_weight, length_bonus, score_fields, backward_model,
                 backward_weight, unit, jobs, shard, skip_bad, precision, batch_tokens, threads, device, progress,
                 allow_other_model=False, overwrite_input=False, input_format="auto", references=None, beam_size=None,
-                output_format=None, nbest_out=None, posterior_temperature=None, decision=None, search=None) -> None:
+                output_format=None, nbest_out=None, posterior_temperature=None, decision=None, search=None,
+                stage_budget=None) -> None:
     check_choice("precision", precision, ("fp32", "bf16"))  # the unit is checked by make_rescorer
     check_positive(jobs=jobs, batch_tokens=batch_tokens, threads=threads)
     device = check_device(device)
@@ -132,6 +134,8 @@ def run_rescore(nbest: Path, model, output, weights, lm_weight, length_bonus, sc
     if search is not None:
         check_choice("search", search, SEARCHES)
         choice.weights.search = search
+    if stage_budget is not None:
+        choice.weights.network["stage_budget"] = parse_stage_budget(stage_budget)
     w = choice.weights
     if w.decision == "mbr" and w.search == "network" and w.network.get("mbr_temperature") is None:
         log.warning("--decision mbr with the network search: the weights have no MBR temperature for the search "
@@ -157,6 +161,19 @@ def run_rescore(nbest: Path, model, output, weights, lm_weight, length_bonus, sc
         log.warning("%d bad utterances skipped", len(report.skipped))
     if result.utterances:
         print_summary(result, skipped=len(report.skipped))
+
+
+def parse_stage_budget(value: str) -> float | None:
+    """--stage-budget: a fraction above 0, or 'none' for no limit (pipeline.screen)."""
+    if value.strip().lower() == "none":
+        return None
+    try:
+        budget = float(value)
+    except ValueError:
+        budget = float("nan")
+    if not (math.isfinite(budget) and budget > 0):
+        raise UsageError(f"--stage-budget must be a number above 0 or 'none', got {value!r}")
+    return budget
 
 
 def resolved_format(path: Path, input_format: str) -> str:
@@ -201,7 +218,7 @@ def print_summary(report: EvaluationReport, skipped: int = 0) -> None:
 
 def run_tune(dev_nbest, output, model, score_fields, backward_model, unit, precision, threads, device,
              progress=True, input_format="auto", references=None, beam_size=None, plot=None, decision="map",
-             search="none") -> None:
+             search="none", stage_budget=None) -> None:
     from pipeline.tune import first_pass_fields, tune_weights
 
     check_choice("precision", precision, ("fp32", "bf16"))
@@ -226,6 +243,8 @@ def run_tune(dev_nbest, output, model, score_fields, backward_model, unit, preci
     model_dir = model or default_model_dir()
     backward_model = backward_model or backward_model_dir(model_dir)
     weights = apply_options(Weights(), None, None, score_fields, None)
+    if stage_budget is not None:
+        weights.network["stage_budget"] = parse_stage_budget(stage_budget)
     rescorer = make_rescorer(model, backward_model, weights, unit, precision, 16384, threads, device,
                              "--score-fields" if options_fields else "the default score fields")
     for utterance in utterances:

@@ -97,6 +97,11 @@ def split_units(text: str, unit: str) -> list[str]:
     raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
 
 
+def text_length(text: str, unit: str) -> int:
+    """Length for the length bonus: words for spaced text, characters for Chinese."""
+    return len(split_units(text, unit))
+
+
 def error_counts(ref: str, hyp: str, unit: str) -> EditCounts:
     """Edit counts of one hypothesis text against its reference, in words or characters."""
     return edit_counts(split_units(ref, unit), split_units(hyp, unit))

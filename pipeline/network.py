@@ -214,9 +214,13 @@ class SearchWeights:
 
     def total(self, logpost: float, first_pass: float, lm: float, backward: float | None, length: int,
               in_input: bool) -> float:
-        return (self.arc_weight * logpost + self.first_pass_weight * first_pass + self.lm_weight * lm
+        return (self.path_total(logpost, first_pass) + self.lm_weight * lm
                 + self.length_bonus * length + self.input_bonus * in_input
                 + (self.backward_weight * backward if backward is not None else 0.0))
+
+    def path_total(self, logpost: float, first_pass: float) -> float:
+        """The part of the total that depends on the path, not only on its text."""
+        return self.arc_weight * logpost + self.first_pass_weight * first_pass
 
 
 def slot_alternatives(network: Network, labels: Sequence[Label], top: int = 2) -> list[tuple[int, list[Label]]]:

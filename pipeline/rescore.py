@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from lm.scorer import SentenceScorer
 from pipeline.fields import FieldPresence
 from pipeline.mbr import mbr_index, softmax
-from pipeline.network import (SearchWeights, join_units, network_candidates, path_first_pass, path_logpost,
-                              run_alternatives, slot_alternatives)
-from pipeline.metrics import detect_unit, split_units
+from pipeline.metrics import detect_unit, split_units, text_length
+from pipeline.network import network_candidates
+from pipeline.search import NetworkSearch
 from pipeline.weights import Weights, untuned_weights
 
 __all__ = ["Rescorer", "RescoreResult", "Weights", "annotate_utterance", "rank_order", "text_length"]
@@ -43,11 +43,6 @@ def pool_mbr(pool: dict[str, float], unit: str, temperature: float) -> str:
     """The text of least expected errors among the most probable of a search's scored texts {text: total}."""
     texts = list(pool)
     return texts[mbr_index([split_units(t, unit) for t in texts], list(pool.values()), temperature)]
-
-
-def text_length(text: str, unit: str) -> int:
-    """Length for the length bonus: words for spaced text, characters for Chinese."""
-    return len(split_units(text, unit))
 
 
 @dataclass
@@ -165,62 +160,9 @@ class Rescorer:
 
     def searched_bests(self, lists: Sequence[Sequence[dict]], known: dict,
                        passes: int) -> tuple[list[dict[int, str]], dict[int, dict[str, float]]]:
-        """The searched best text of each non-empty list (by position) after 0, 1, ..., ``passes`` rounds of
-        local changes (a round that changes nothing ends the search and is repeated to the end),
-        and every text the search scored for each list with its total.
-
-        ``known`` maps texts to (forward, backward) LM scores; the texts it lacks are scored and added.
-        """
-        expanded = [self.network_candidates(hyps) if hyps else None for hyps in lists]
-        self.score_texts((t for item in expanded if item for t in item[2]), known)
-        settings = self.weights.network
-        search = SearchWeights(**{k: settings[k] for k in SearchWeights.__dataclass_fields__ if k in settings})
-        inputs = [{h["text"] for h in hyps} for hyps in lists]
-        current, pools = {}, {}
-        for k, item in enumerate(expanded):
-            if item is None:
-                continue
-            unit, network, candidates = item
-            ordered = sorted(candidates, key=lambda t: t not in inputs[k])  # a tie keeps an input hypothesis
-            pools[k] = {t: search.total(*candidates[t][:2], *known[t], text_length(t, unit), t in inputs[k])
-                        for t in ordered}
-            best = max(ordered, key=pools[k].get)
-            current[k] = (pools[k][best], best, *candidates[best])
-        history = [{k: c[1] for k, c in current.items()}]
-        for _ in range(passes):
-            if not self.improve_once(current, expanded, inputs, known, search, pools):
-                break
-            history.append({k: c[1] for k, c in current.items()})
-        return history + [history[-1]] * (passes + 1 - len(history)), pools
-
-    def improve_once(self, current: dict, expanded: list, inputs: list[set], known: dict,
-                     search: SearchWeights, pools: dict) -> bool:
-        """One round of local search around each current best: the runs of input hypotheses copied in
-        (pipeline.network) and, where the arc posterior is weighed, its single-slot changes; the best
-        variant kept if better. Scored by first-pass shares, a slot cut out of a run would get a guessed
-        share (the least-squares split of the run's score), so only whole runs are tried there."""
-        variants = []
-        for k, (_, _, _, _, labels) in current.items():
-            unit, network, candidates = expanded[k]
-            changes = run_alternatives(network, labels)
-            if search.arc_weight:
-                changes += slot_alternatives(network, labels)
-            for start, run in changes:
-                changed = labels[:start] + run + labels[start + len(run):]
-                text = join_units(changed, unit)
-                first_pass = candidates[text][1] if text in inputs[k] else path_first_pass(network, changed)
-                logpost = path_logpost(network, changed) if search.arc_weight else 0.0  # unweighed: not needed
-                variants.append((k, text, logpost, first_pass, changed))
-        self.score_texts((v[1] for v in variants), known)
-        improved = False
-        for k, text, logpost, first_pass, labels in variants:
-            total = search.total(logpost, first_pass, *known[text], text_length(text, expanded[k][0]),
-                                 text in inputs[k])
-            pools[k][text] = max(total, pools[k].get(text, total))
-            if total > current[k][0] + 1e-9:
-                current[k] = (total, text, logpost, first_pass, labels)
-                improved = True
-        return improved
+        """The search's best text of each non-empty list after 0..``passes`` rounds, and every text it scored
+        with its total (pipeline.search.NetworkSearch.run); ``known`` LM scores, added to as texts are scored."""
+        return NetworkSearch(self).run(lists, known, passes)
 
     def combine(self, hyps: Sequence[dict], forward: list[float], backward: list[float] | None) -> RescoreResult:
         """Total scores and ranks of one list whose LM scores are known."""

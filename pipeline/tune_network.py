@@ -76,7 +76,8 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
     settings = {"temperature": temperature, "candidates": candidates, "arc_weight": 1.0, "first_pass_weight": 0.0,
                 "lm_weight": values["lm_weight"],
                 "backward_weight": values.get("backward_weight", 0.0), "length_bonus": values["length_bonus"],
-                "input_bonus": values["input_bonus"], "mbr_temperature": None}
+                "input_bonus": values["input_bonus"], "mbr_temperature": None,
+                "stage_budget": rescorer.weights.network.get("stage_budget", NETWORK_DEFAULTS["stage_budget"])}
     rescorer.weights.network = {**rescorer.weights.network, **settings}
     settings["passes"], errors, by_passes = fewest_errors_passes(rescorer, lists, utterances, unit, cache)
     log.info("network search, arc posteriors: %s errors after 0..%d passes of local changes; using %d",

@@ -39,9 +39,12 @@ SEARCHES = ("none", "network")
 # passes: rounds of local changes around the best candidate (0: none), scored with the same weights;
 # mbr_temperature: of the posterior over the scored candidates that decision "mbr" weighs with; None (not
 # fitted by tune --decision mbr --search network): the search keeps its highest-scoring candidate.
+# stage_budget: new texts each stage of the search (the expanded paths, each pass) may send to the network,
+# per list, as a fraction of the list's hypotheses, the most promising by the n-gram (pipeline.screen);
+# None: no limit. It bounds the search's cost; files written before it existed get the default.
 NETWORK_DEFAULTS = {"temperature": 1.0, "candidates": 20, "arc_weight": 1.0, "first_pass_weight": 0.0,
                     "lm_weight": 1.0, "backward_weight": 0.0, "length_bonus": 0.0, "input_bonus": 0.0, "passes": 0,
-                    "mbr_temperature": None}
+                    "mbr_temperature": None, "stage_budget": 0.1}
 
 
 @dataclass
@@ -113,9 +116,10 @@ def read_weights_file(path: Path) -> tuple[Weights, dict]:
     weights.network = {**NETWORK_DEFAULTS, **weights.network}
     count = weights.network["candidates"]
     if (not weights.network["temperature"] > 0 or not isinstance(count, int) or isinstance(count, bool) or count < 0
-            or not (weights.network["mbr_temperature"] is None or weights.network["mbr_temperature"] > 0)):
-        raise WeightsFileError(f"{path}: network temperature and mbr_temperature must be above 0 and candidates "
-                               "a whole number, 0 or more")
+            or not all(weights.network[name] is None or weights.network[name] > 0
+                       for name in ("mbr_temperature", "stage_budget"))):
+        raise WeightsFileError(f"{path}: network temperature, mbr_temperature and stage_budget must be above 0 "
+                               "and candidates a whole number, 0 or more")
     if weights.decision not in DECISIONS:
         raise WeightsFileError(f"{path}: decision must be one of {', '.join(DECISIONS)}, got {weights.decision!r}")
     return weights, record

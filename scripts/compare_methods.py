@@ -6,6 +6,11 @@ than one. "as tuned" is what ``rescore --weights`` does with those weights (the 
 tune kept it). For the search's cost against plain rescoring, see scripts/compare_search.py.
 
     python scripts/compare_methods.py ../shared/data/zh-rmrb/dev.nbest.json [-m MODEL_DIR] [--splits 10] [--first-split 0] [--candidates N]
+        [--stage-budgets 0.1,none]
+
+``--stage-budgets`` tunes and measures each split once per budget of the search's stages (pipeline.screen;
+"none": no limit), and prints beside the search the texts its network scored per input hypothesis, the
+inputs included (plain rescoring: 1.00).
 
 ``--plain-only`` tunes and measures plain rescoring alone (no search, no MBR): minutes instead of tens of
 minutes, for comparing models. ``--score-fields score`` weighs only the given first-pass fields.
@@ -45,19 +50,28 @@ class Memo:
 
     def __init__(self, scorer):
         self.scorer, self.known = scorer, {}
+        self.requested = 0  # texts asked for, once per call: what the network would score without the memo
 
     def score(self, texts):
+        self.requested += len(set(texts))
         new = [t for t in dict.fromkeys(texts) if t not in self.known]
         if new:
             self.known.update(zip(new, self.scorer.score(new)))
         return [self.known[t] for t in texts]
 
+    def score_ngram(self, texts):
+        return self.scorer.score_ngram(texts)
 
-def error_rate(rescorer, weights: Weights, utterances: list[dict], unit: str) -> float:
+
+def error_rate(rescorer, weights: Weights, utterances: list[dict], unit: str) -> tuple[float, float]:
+    """The error rate of the weights, and the texts the forward network scored per input hypothesis."""
     rescorer.weights = weights
+    before = rescorer.scorer.requested
     results = rescorer.rescore_batch([u["hypotheses"] for u in utterances])
     counts = [error_counts(u["reference"], r.best, unit) for u, r in zip(utterances, results)]
-    return sum(c.errors for c in counts) / max(sum(c.ref_len for c in counts), 1)
+    inputs = len({h["text"] for u in utterances for h in u["hypotheses"]})
+    return (sum(c.errors for c in counts) / max(sum(c.ref_len for c in counts), 1),
+            (rescorer.scorer.requested - before) / max(inputs, 1))
 
 
 def oracles(rescorer, utterances: list[dict], unit: str) -> str:
@@ -80,6 +94,8 @@ def main() -> None:
                         "(default: as tune does)")
     parser.add_argument("--plain-only", action="store_true", help="tune and measure plain rescoring only")
     parser.add_argument("--score-fields", help="first-pass fields to weigh, comma-separated (default: as tune picks)")
+    parser.add_argument("--stage-budgets", default=str(NETWORK_DEFAULTS["stage_budget"]),
+                        help="budgets of the search's stages to compare, comma-separated ('none': no limit)")
     args = parser.parse_args()
     if args.candidates is not None:
         NETWORK_DEFAULTS["candidates"] = args.candidates
@@ -100,8 +116,19 @@ def main() -> None:
     if not args.plain_only:
         print(oracles(rescorer, utterances, unit), flush=True)
     methods = {"plain": METHODS["plain"]} if args.plain_only else METHODS
+    budgets = [None if b.strip() == "none" else float(b) for b in args.stage_budgets.split(",")]
+    for budget in budgets:
+        initial.network["stage_budget"] = budget
+        if len(budgets) > 1:
+            print(f"stage budget {budget}", flush=True)
+        compare_on_splits(rescorer, initial, utterances, unit, methods, args)
+
+
+def compare_on_splits(rescorer, initial: Weights, utterances: list[dict], unit: str, methods: dict, args) -> None:
+    """Tune on one half and measure each method on the other, for each split; print each and the means."""
     decision, search = ("map", "none") if args.plain_only else ("mbr", "network")
     rates: dict[str, list[float]] = {name: [] for name in methods}
+    work: list[float] = []
     for seed in range(args.first_split, args.first_split + args.splits):
         order = list(range(len(utterances)))
         random.Random(seed).shuffle(order)
@@ -113,12 +140,17 @@ def main() -> None:
             weights = copy.deepcopy(tuned)
             weights.decision, weights.search = method_decision, method_search or tuned.search
             weights.network["passes"] = tuned.network["passes"] if passes is None else passes
-            rates[name].append(error_rate(rescorer, weights, test_half, unit))
+            rate, texts = error_rate(rescorer, weights, test_half, unit)
+            rates[name].append(rate)
+            if name == "search":
+                work.append(texts)
         print(f"split {seed}: " + ", ".join(f"{name} {100 * r[-1]:.2f}%" for name, r in rates.items())
               + f" (search {'kept' if tuned.search == 'network' else 'off'}, {tuned.network['passes']} passes, "
-              f"{tuned.network['candidates']} expanded paths)",
+              f"{tuned.network['candidates']} expanded paths"
+              + (f", {work[-1]:.2f} texts per input" if work else "") + ")",
               flush=True)
-    print(f"mean of {args.splits}: " + ", ".join(f"{n} {100 * statistics.mean(r):.2f}%" for n, r in rates.items()))
+    print(f"mean of {args.splits}: " + ", ".join(f"{n} {100 * statistics.mean(r):.2f}%" for n, r in rates.items())
+          + (f"; the search's network texts per input {statistics.mean(work):.2f}" if work else ""), flush=True)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ from test_rescore import TableScorer
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("restore_logging")
+# The search's reach on lists of two or three hypotheses, where the default stage budget (a tenth of the
+# hypotheses) would let one new text through a stage: tests of the budget are in test_screen.py.
+UNLIMITED = {**NETWORK_DEFAULTS, "stage_budget": None}
 
 
 def test_the_network_of_identical_hypotheses_is_a_chain():
@@ -170,7 +173,7 @@ def test_tune_counts_the_passes_that_reach_a_reference_beyond_the_candidates():
     utterances.append({"id": "u3", "reference": "r s", "hypotheses": [{"text": "p q", "score": 0.0},
                                                                        {"text": "r s", "score": -0.1}]})
     table.update({"r s": -1.0, "p q": -10.0})
-    rescorer = Rescorer(TableScorer(table, default=-30.0), Weights(), unit="word")
+    rescorer = Rescorer(TableScorer(table, default=-30.0), Weights(network=dict(UNLIMITED)), unit="word")
     settings, figures = tune_network(rescorer, utterances, "word", candidates=1)
     assert settings["passes"] >= 1 and figures["search_errors"] == 0
 
@@ -186,7 +189,7 @@ def test_tune_expands_paths_only_where_the_passes_cannot_reach_the_references(tm
         utterances.append({"id": f"u{k}", "reference": f"a{k} q x{k}", "hypotheses": [
             {"text": f"a{k} q y{k}", "score": 0.0}, {"text": f"b{k} q x{k}", "score": -0.1}]})
         table.update({f"a{k} q x{k}": -1.0, f"a{k} q y{k}": -10.0, f"b{k} q x{k}": -11.0})
-    rescorer = Rescorer(TableScorer(table, default=-30.0), Weights(), unit="word")
+    rescorer = Rescorer(TableScorer(table, default=-30.0), Weights(network=dict(UNLIMITED)), unit="word")
     settings, figures = tune_network(rescorer, utterances, "word")
     assert figures["search_errors"] == 0 and settings["candidates"] == 0 and settings["passes"] >= 1
     weights = Weights(search="network", network=settings)
@@ -229,7 +232,7 @@ def test_local_search_reaches_a_path_the_lm_prefers_beyond_the_expanded_candidat
     """Inputs "ab" and "xy"; one expanded path ("ab"); the LM prefers "ay", one slot change away."""
     scorer = TableScorer({"ay": -1.0}, default=-20.0)
     settings = {"temperature": 1.0, "candidates": 1, "lm_weight": 1.0, "backward_weight": 0.0, "length_bonus": 0.0,
-                "passes": passes}
+                "passes": passes, "stage_budget": None}
     rescorer = Rescorer(scorer, Weights(search="network", network=settings), unit="char")
     result = rescorer.rescore(["ab", "xy"], [0.0, -1.0])
     assert result.best == ("ay" if passes else "ab")

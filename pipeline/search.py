@@ -1,0 +1,147 @@
+"""The confusion-network search over a batch of lists (pipeline.network builds the networks).
+
+Per batch: expand each list's network into candidate paths, score the new ones that pass the screen
+(pipeline.screen) with the LM pair in one pooled pass, keep each list's best, then improve it over
+``passes`` rounds of local changes, each round's variants screened and scored the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from pipeline.metrics import text_length
+from pipeline.network import SearchWeights, join_units, path_first_pass, path_logpost, run_alternatives, slot_alternatives
+from pipeline.screen import screen, stage_allowance
+from pipeline.weights import NETWORK_DEFAULTS
+
+if TYPE_CHECKING:
+    from pipeline.rescore import Rescorer
+
+
+def ngram_scores(scorer, texts: Sequence[str]) -> list[float] | None:
+    """The scorer's n-gram-alone scores of the texts (lm.scorer.SentenceScorer.score_ngram); None for a
+    model without an n-gram, or a scorer that only scores (a table, a wrapper)."""
+    method = getattr(scorer, "score_ngram", None)
+    return method(texts) if method is not None else None
+
+
+@dataclass
+class Stage:
+    """The search's state over a batch of lists: each list's expansion (unit, network, candidates), input
+    texts, current best (total, text, arc log posterior, first pass, labels) and every scored text's total
+    (``pools``); ``known`` the LM scores of the texts scored so far."""
+
+    expanded: list
+    inputs: list[set]
+    known: dict
+    search: SearchWeights
+    current: dict = field(default_factory=dict)
+    pools: dict = field(default_factory=dict)
+
+    def total(self, k: int, text: str, details: tuple, lm: tuple[float, float | None]) -> float:
+        """List k's total of a text with (arc log posterior, first pass, ...) and (forward, backward) LM scores."""
+        return self.search.total(details[0], details[1], *lm, text_length(text, self.expanded[k][0]),
+                                 text in self.inputs[k])
+
+    def consider(self, k: int, texts: dict[str, tuple]) -> bool:
+        """Add list k's scored texts {text: (arc log posterior, first pass, labels)} to its pool; keep the
+        first of the highest totals as its current best. True when that changed."""
+        improved = False
+        pool = self.pools.setdefault(k, {})
+        for text, details in texts.items():
+            if text not in self.known:  # screened out
+                continue
+            total = self.total(k, text, details, self.known[text])
+            pool[text] = max(total, pool.get(text, total))
+            if k not in self.current or total > self.current[k][0] + 1e-9:
+                self.current[k] = (total, text, *details)
+                improved = True
+        return improved
+
+
+class NetworkSearch:
+    """One search with a rescorer's LM scorers and its weights' network settings."""
+
+    def __init__(self, rescorer: Rescorer):
+        self.rescorer = rescorer
+        settings = rescorer.weights.network
+        self.search = SearchWeights(**{k: settings[k] for k in SearchWeights.__dataclass_fields__ if k in settings})
+
+    def run(self, lists: Sequence[Sequence[dict]], known: dict,
+            passes: int) -> tuple[list[dict[int, str]], dict[int, dict[str, float]]]:
+        """The searched best text of each non-empty list (by position) after 0, 1, ..., ``passes`` rounds of
+        local changes (a round that changes nothing ends the search and is repeated to the end),
+        and every text the search scored for each list with its total.
+
+        ``known`` maps texts to (forward, backward) LM scores; the texts it lacks are scored and added,
+        in each stage at most ``network["stage_budget"]`` times a list's size (pipeline.screen).
+        """
+        expanded = [self.rescorer.network_candidates(hyps) if hyps else None for hyps in lists]
+        search = self.search
+        inputs = [{h["text"] for h in hyps} for hyps in lists]
+        budget = self.rescorer.weights.network.get("stage_budget", NETWORK_DEFAULTS["stage_budget"])
+        allowances = {k: stage_allowance(len(hyps), budget) for k, hyps in enumerate(lists)}
+        stage = Stage(expanded, inputs, known, search)
+        for k, item in enumerate(expanded):
+            if item is not None:  # the inputs first: a tie keeps an input hypothesis
+                stage.consider(k, {t: c for t, c in item[2].items() if t in inputs[k]})
+        paths = {k: {t: c for t, c in expanded[k][2].items() if t not in inputs[k]} for k in stage.current}
+        self.score_screened(paths, stage, allowances)
+        for k, texts in paths.items():
+            stage.consider(k, texts)
+        history = [{k: c[1] for k, c in stage.current.items()}]
+        for _ in range(passes):
+            if not self.improve_once(stage, allowances):
+                break
+            history.append({k: c[1] for k, c in stage.current.items()})
+        return history + [history[-1]] * (passes + 1 - len(history)), stage.pools
+
+    def improve_once(self, stage: Stage, allowances: dict[int, int | None]) -> bool:
+        """One round of local search around each current best: the runs of input hypotheses copied in
+        (pipeline.network) and, where the arc posterior is weighed, its single-slot changes; the best
+        variant kept if better. Scored by first-pass shares, a slot cut out of a run would get a guessed
+        share (the least-squares split of the run's score), so only whole runs are tried there."""
+        search = stage.search
+        variants: dict[int, dict[str, tuple]] = {}
+        for k, (_, _, _, _, labels) in stage.current.items():
+            unit, network, candidates = stage.expanded[k]
+            changes = run_alternatives(network, labels)
+            if search.arc_weight:
+                changes += slot_alternatives(network, labels)
+            variants[k] = {}
+            for start, run in changes:
+                changed = labels[:start] + run + labels[start + len(run):]
+                text = join_units(changed, unit)
+                first_pass = candidates[text][1] if text in stage.inputs[k] else path_first_pass(network, changed)
+                logpost = path_logpost(network, changed) if search.arc_weight else 0.0  # unweighed: not needed
+                kept = variants[k].get(text)
+                if kept is None or search.path_total(logpost, first_pass) > search.path_total(*kept[:2]):
+                    variants[k][text] = (logpost, first_pass, changed)  # of two paths to a text, the better
+        self.score_screened(variants, stage, allowances)
+        improved = False
+        for k, texts in variants.items():
+            improved |= stage.consider(k, texts)
+        return improved
+
+    def score_screened(self, proposals: dict[int, dict[str, tuple]], stage: Stage,
+                       allowances: dict[int, int | None]) -> None:
+        """Score the proposals {list: {text: (arc log posterior, first pass, labels)}} of one stage that the
+        stage does not know, at most each list's allowance: those with the highest totals when n-gram
+        scores stand in for the LM's (pipeline.screen)."""
+
+        def estimate(pairs: list[tuple[int, str]]) -> dict[tuple[int, str], float]:
+            cheap = self.ngram_scores([t for _, t in pairs])
+            return {(k, t): stage.total(k, t, proposals[k][t], cheap[t]) for k, t in pairs}
+
+        self.rescorer.score_texts(screen(proposals, stage.known, allowances, estimate), stage.known)
+
+    def ngram_scores(self, texts: Sequence[str]) -> dict[str, tuple[float, float | None]]:
+        """{text: (forward, backward)} n-gram stand-ins for the LM scores: the backward model's n-gram, else
+        the forward one's; 0 for a model without an n-gram (the rest of the total then decides alone)."""
+        forward = ngram_scores(self.rescorer.scorer, texts) or [0.0] * len(texts)
+        backward = None
+        if self.rescorer.backward_scorer is not None:
+            backward = ngram_scores(self.rescorer.backward_scorer, texts) or forward
+        return {t: (f, backward[i] if backward else None) for i, (t, f) in enumerate(zip(texts, forward))}
