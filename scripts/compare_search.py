@@ -2,6 +2,7 @@
 measured on the other (the CLI end to end), with the rescoring time of each:
 
     python scripts/compare_search.py ../shared/data/zh-rmrb/dev.nbest.json [-m MODEL_DIR] [--splits 3] [--passes N]
+        [--candidates N] [--stage-budget F|none] [--against-budget F|none]
 
 "as tuned" is what ``rescore --weights`` does: the search where ``tune --search network`` kept it (it
 made fewer errors than plain rescoring on the tuning half), plain rescoring where it turned it off.
@@ -27,9 +28,11 @@ def cli(*args: str) -> str:
     return result.stdout
 
 
-def rescored_rate(source: Path, weights: Path, model: list[str], search: str, out: Path) -> tuple[float, float]:
+def rescored_rate(source: Path, weights: Path, model: list[str], search: str, out: Path,
+                  *options: str) -> tuple[float, float]:
     started = time.monotonic()
-    cli("rescore", str(source), *model, "--weights", str(weights), "--search", search, "-o", str(out), "--no-progress")
+    cli("rescore", str(source), *model, "--weights", str(weights), "--search", search, "-o", str(out), "--no-progress",
+        *options)
     elapsed = time.monotonic() - started
     return json.loads(cli("evaluate", str(out), "--json"))["rescored"]["rate"], elapsed
 
@@ -40,6 +43,10 @@ def main() -> None:
     parser.add_argument("-m", "--model", type=Path)
     parser.add_argument("--splits", type=int, default=3)
     parser.add_argument("--passes", type=int, help="rounds of local changes (default: as tuned)")
+    parser.add_argument("--candidates", type=int, help="paths expanded per list (default: as tuned)")
+    parser.add_argument("--stage-budget", help="tune and rescore with this stage budget (default: tune's)")
+    parser.add_argument("--against-budget", help="also rescore each test half with this stage budget instead "
+                        "(the same tuned weights), and print its error rate and time ratio beside")
     args = parser.parse_args()
     model = ["-m", str(args.model)] if args.model else []
     utterances = json.loads(args.dev.read_text(encoding="utf-8"))["utterances"]
@@ -54,24 +61,36 @@ def main() -> None:
             for path, half in zip((tune_file, test_file), halves):
                 path.write_text(json.dumps({"utterances": [utterances[i] for i in half]}, ensure_ascii=False))
             weights = tmp / f"w{seed}.json"
-            cli("tune", str(tune_file), *model, "-o", str(weights), "--search", "network", "--no-progress")
+            budget = ["--stage-budget", args.stage_budget] if args.stage_budget else []
+            cli("tune", str(tune_file), *model, "-o", str(weights), "--search", "network", "--no-progress", *budget)
             tuned = json.loads(weights.read_text())
-            if args.passes is not None:
-                tuned["weights"]["network"]["passes"] = args.passes
-                weights.write_text(json.dumps(tuned))
+            for name in ("passes", "candidates"):
+                if getattr(args, name) is not None:
+                    tuned["weights"]["network"][name] = getattr(args, name)
+            weights.write_text(json.dumps(tuned))
             kept = tuned["weights"]["search"] == "network"
             plain, plain_s = rescored_rate(test_file, weights, model, "none", tmp / "plain.json")
             searched, search_s = rescored_rate(test_file, weights, model, "network", tmp / "searched.json")
             inputs = sum(not u.get("best_in_input", True)
                          for u in json.loads((tmp / "searched.json").read_text())["utterances"])
-            rows.append((plain, searched, searched if kept else plain, search_s / plain_s))
+            row = (plain, searched, searched if kept else plain, search_s / plain_s)
+            against = ""
+            if args.against_budget:
+                other, other_s = rescored_rate(test_file, weights, model, "network", tmp / "other.json",
+                                               "--stage-budget", args.against_budget)
+                row += (other, other_s / plain_s)
+                against = f"; with stage budget {args.against_budget}: {100 * other:.2f}%, time x{other_s / plain_s:.2f}"
+            rows.append(row)
             print(f"split {seed}: plain {100 * plain:.2f}%, network search {100 * searched:.2f}% "
                   f"({tuned['weights']['network']['passes']} passes, {tuned['weights']['network']['candidates']} paths, "
-                  f"{inputs} bests not in the list; "
-                  f"tune {'kept' if kept else 'turned off'} the search), time x{search_s / plain_s:.2f}")
-    mean = lambda k: 100 * statistics.mean(r[k] for r in rows)  # noqa: E731
-    print(f"mean of {args.splits}: plain {mean(0):.2f}%, search {mean(1):.2f}%, as tuned {mean(2):.2f}%, "
-          f"time x{statistics.mean(r[3] for r in rows):.2f}")
+                  f"stage budget {tuned['weights']['network']['stage_budget']}, {inputs} bests not in the list; "
+                  f"tune {'kept' if kept else 'turned off'} the search), time x{search_s / plain_s:.2f}{against}",
+                  flush=True)
+    mean = lambda k: statistics.mean(r[k] for r in rows)  # noqa: E731
+    print(f"mean of {args.splits}: plain {100 * mean(0):.2f}%, search {100 * mean(1):.2f}%, "
+          f"as tuned {100 * mean(2):.2f}%, time x{mean(3):.2f}"
+          + (f"; with stage budget {args.against_budget}: {100 * mean(4):.2f}%, time x{mean(5):.2f}"
+             if args.against_budget else ""))
 
 
 if __name__ == "__main__":
