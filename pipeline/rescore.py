@@ -134,13 +134,20 @@ class Rescorer:
                                                  int(settings["candidates"]))
         return unit, network, candidates
 
-    def score_texts(self, texts: Iterable[str], known: dict) -> None:
-        """Add the forward (and backward) LM scores of the texts ``known`` lacks, in one pooled pass."""
+    def score_texts(self, texts: Iterable[str], known: dict, memo: dict | None = None) -> None:
+        """Add the forward (and backward) LM scores of the texts ``known`` lacks, in one pooled pass; with a
+        ``memo`` (tune's), the texts it holds are copied from it and the others added to it too."""
         new = list(dict.fromkeys(t for t in texts if t not in known))
+        if memo is not None:
+            known.update((t, memo[t]) for t in new if t in memo)
+            new = [t for t in new if t not in memo]
         if new:
             forward = self.scorer.score(new)
             backward = self.backward_scorer.score(new) if self.backward_scorer else [None] * len(new)
-            known.update(zip(new, zip(forward, backward)))
+            scored = dict(zip(new, zip(forward, backward)))
+            known.update(scored)
+            if memo is not None:
+                memo.update(scored)
 
     def search_networks(self, lists: Sequence[Sequence[dict]], results: list[RescoreResult]) -> None:
         """Replace each result's ``best`` with the best candidate of its confusion network, improved by
@@ -158,11 +165,12 @@ class Rescorer:
             inputs = {h["text"] for h in lists[k]}
             results[k].best, results[k].best_in_input, results[k].searched = best, best in inputs, True
 
-    def searched_bests(self, lists: Sequence[Sequence[dict]], known: dict,
-                       passes: int) -> tuple[list[dict[int, str]], dict[int, dict[str, float]]]:
+    def searched_bests(self, lists: Sequence[Sequence[dict]], known: dict, passes: int,
+                       memo: dict | None = None) -> tuple[list[dict[int, str]], dict[int, dict[str, float]]]:
         """The search's best text of each non-empty list after 0..``passes`` rounds, and every text it scored
-        with its total (pipeline.search.NetworkSearch.run); ``known`` LM scores, added to as texts are scored."""
-        return NetworkSearch(self).run(lists, known, passes)
+        with its total (pipeline.search.NetworkSearch.run); ``known`` LM scores, added to as texts are scored
+        (copied from ``memo`` where it has them)."""
+        return NetworkSearch(self, memo).run(lists, known, passes)
 
     def combine(self, hyps: Sequence[dict], forward: list[float], backward: list[float] | None) -> RescoreResult:
         """Total scores and ranks of one list whose LM scores are known."""

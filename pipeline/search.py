@@ -64,8 +64,9 @@ class Stage:
 class NetworkSearch:
     """One search with a rescorer's LM scorers and its weights' network settings."""
 
-    def __init__(self, rescorer: Rescorer):
+    def __init__(self, rescorer: Rescorer, memo: dict | None = None):
         self.rescorer = rescorer
+        self.memo = memo  # LM scores to copy instead of scoring again (tune's, over its many searches)
         settings = rescorer.weights.network
         self.search = SearchWeights(**{k: settings[k] for k in SearchWeights.__dataclass_fields__ if k in settings})
 
@@ -135,7 +136,7 @@ class NetworkSearch:
             cheap = self.ngram_scores([t for _, t in pairs])
             return {(k, t): stage.total(k, t, proposals[k][t], cheap[t]) for k, t in pairs}
 
-        self.rescorer.score_texts(screen(proposals, stage.known, allowances, estimate), stage.known)
+        self.rescorer.score_texts(screen(proposals, stage.known, allowances, estimate), stage.known, self.memo)
 
     def ngram_scores(self, texts: Sequence[str]) -> dict[str, tuple[float, float | None]]:
         """{text: (forward, backward)} n-gram stand-ins for the LM scores: the backward model's n-gram, else

@@ -13,6 +13,7 @@ from lm.checkpoint import load_model_dir
 from lm.scorer import SentenceScorer
 from pipeline.cli import app
 from pipeline.errors import WeightsFileError
+from pipeline.metrics import edit_counts
 from pipeline.rescore import Rescorer, Weights
 from pipeline.screen import screen, stage_allowance
 from pipeline.weights import NETWORK_DEFAULTS
@@ -160,3 +161,25 @@ def test_a_stage_budget_that_is_no_positive_fraction_is_a_usage_error(trained_mo
     assert result.exit_code == 2
     assert "--stage-budget must be a number above 0 or 'none'" in result.output
     assert not (tmp_path / "out.json").exists()
+
+
+def test_tune_reports_the_search_errors_that_rescoring_with_its_weights_makes():
+    """Tune expands and scores every path while fitting, but its searches start, as rescoring's do, from
+    the inputs' scores alone, so the budget screens the same texts: its figure is what rescoring gets.
+    Each reference combines two inputs' adjacent characters (a path, which no run copy reaches)."""
+    from pipeline.tune_network import tune_network
+
+    utterances, table = [], {}
+    for k, (a, b, c) in enumerate(["abc", "def", "ghi", "jkl"]):
+        inputs = [a * 3, b * 3, c * 3]
+        reference = a + b + c if k % 2 else c + a + b
+        utterances.append({"id": f"u{k}", "reference": " ".join(reference),
+                           "hypotheses": [{"text": t, "score": -0.3 * i} for i, t in enumerate(inputs)]})
+        table[reference] = -1.0
+    rescorer = Rescorer(TableScorer(table, default=-20.0), Weights(), unit="char")
+    settings, figures = tune_network(rescorer, utterances, "char")
+    applied = Rescorer(TableScorer(table, default=-20.0), Weights(search="network", network=settings), unit="char")
+    results = applied.rescore_batch([u["hypotheses"] for u in utterances])
+    errors = sum(edit_counts(list(u["reference"].replace(" ", "")), list(r.best)).errors
+                 for u, r in zip(utterances, results))
+    assert figures["search_errors"] == errors > 0  # the budget kept some reference out of reach
