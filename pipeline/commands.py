@@ -268,7 +268,8 @@ def run_tune(dev_nbest, output, model, score_fields, backward_model, unit, preci
         kept = "on" if tuned.search == "network" else "off: no better than plain rescoring here"
         stderr.print(f"network search ({kept}): {label} {100 * figures['searched']:.2f}% with "
                      f"{figures['search_passes']} passes from {figures['search_candidates']} expanded paths, "
-                     f"scored by {figures['search_scoring']}; oracle of the network {100 * figures['network_oracle']:.2f}%")
+                     f"scored by {figures['search_scoring']}, stage budget {tuned.network['stage_budget']}; "
+                     f"oracle of the network {100 * figures['network_oracle']:.2f}%")
     stderr.print(f"weights: {json.dumps(tuned.__dict__)} -> {output}")
 
 

@@ -151,6 +151,7 @@ def test_tune_records_the_stage_budget_it_searched_with(trained_model_dir, tmp_p
                                  "--search", "network", "--no-progress", *given])
     assert result.exit_code == 0, result.output
     assert json.loads(weights.read_text())["weights"]["network"]["stage_budget"] == recorded
+    assert f"stage budget {recorded}" in result.output
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "lots"])
