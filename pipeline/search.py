@@ -39,6 +39,10 @@ class Stage:
     search: SearchWeights
     current: dict = field(default_factory=dict)
     pools: dict = field(default_factory=dict)
+    seen: dict = field(init=False)  # per list: its inputs and the texts scored for it (pipeline.screen)
+
+    def __post_init__(self) -> None:
+        self.seen = {k: set(texts) for k, texts in enumerate(self.inputs)}
 
     def total(self, k: int, text: str, details: tuple, lm: tuple[float, float | None]) -> float:
         """List k's total of a text with (arc log posterior, first pass, ...) and (forward, backward) LM scores."""
@@ -51,7 +55,7 @@ class Stage:
         improved = False
         pool = self.pools.setdefault(k, {})
         for text, details in texts.items():
-            if text not in self.known:  # screened out
+            if text not in self.seen[k]:  # screened out
                 continue
             total = self.total(k, text, details, self.known[text])
             pool[text] = max(total, pool.get(text, total))
@@ -136,7 +140,10 @@ class NetworkSearch:
             cheap = self.ngram_scores([t for _, t in pairs])
             return {(k, t): stage.total(k, t, proposals[k][t], cheap[t]) for k, t in pairs}
 
-        self.rescorer.score_texts(screen(proposals, stage.known, allowances, estimate), stage.known, self.memo)
+        chosen = screen(proposals, stage.seen, allowances, estimate)
+        self.rescorer.score_texts((t for texts in chosen.values() for t in texts), stage.known, self.memo)
+        for k, texts in chosen.items():
+            stage.seen[k].update(texts)
 
     def ngram_scores(self, texts: Sequence[str]) -> dict[str, tuple[float, float | None]]:
         """{text: (forward, backward)} n-gram stand-ins for the LM scores: the backward model's n-gram, else

@@ -48,18 +48,19 @@ def refuse(pairs):
 
 def test_proposals_within_the_allowance_are_all_scored_without_an_estimate():
     proposals = {0: {"a": (), "b": ()}, 1: {"c": (), "a": ()}}
-    assert screen(proposals, {"b": (0.0, None)}, {0: 1, 1: None}, refuse) == ["a", "c"]  # "a" once
+    assert screen(proposals, {0: {"b"}, 1: set()}, {0: 1, 1: None}, refuse) == {0: ["a"], 1: ["c", "a"]}
 
 
-def test_a_list_over_its_allowance_keeps_its_highest_estimates_and_known_texts_take_no_room():
-    proposals = {0: {"known": (), "low": (), "high": (), "mid": ()}, 1: {"only": ()}}
+def test_a_list_over_its_allowance_keeps_its_highest_estimates_and_seen_texts_take_no_room():
+    proposals = {0: {"seen": (), "low": (), "high": (), "mid": ()}, 1: {"only": ()}}
     asked = []
 
     def estimate(pairs):
         asked.extend(pairs)
         return {pair: {"low": 1.0, "high": 3.0, "mid": 2.0}[pair[1]] for pair in pairs}
 
-    assert screen(proposals, {"known": (0.0, None)}, {0: 2, 1: 2}, estimate) == ["high", "mid", "only"]
+    chosen = screen(proposals, {0: {"seen"}, 1: set()}, {0: 2, 1: 2}, estimate)
+    assert chosen == {0: ["high", "mid"], 1: ["only"]}
     assert sorted(asked) == [(0, "high"), (0, "low"), (0, "mid")]  # the list within its allowance is not rated
 
 
@@ -184,3 +185,15 @@ def test_tune_reports_the_search_errors_that_rescoring_with_its_weights_makes():
     errors = sum(edit_counts(list(u["reference"].replace(" ", "")), list(r.best)).errors
                  for u, r in zip(utterances, results))
     assert figures["search_errors"] == errors > 0  # the budget kept some reference out of reach
+
+
+def test_a_text_another_list_of_the_batch_scored_does_not_pass_a_lists_screen():
+    """The first list's pass proposes x000000000, the other list's input, which the LM loves but the n-gram
+    ranks low: its one new text a pass is 0y00000000, so it keeps its input, in a batch as alone."""
+    other = ["x000000000", "zzzzzzzzzz", "wwwwwwwwww"]
+    scorer = NgramTable({INPUTS[0]: -10.0, "x000000000": -1.0}, {"0y00000000": -2.0})
+    rescorer = Rescorer(scorer, Weights(search="network", network=search_settings(0.1)), unit="char")
+    as_list = [[{"text": t, "score": s} for t, s in zip(texts, [0.0, -1.0, -1.0])] for texts in (INPUTS, other)]
+    alone = rescorer.rescore_batch(as_list[:1])[0].best
+    together = rescorer.rescore_batch(as_list)[0].best
+    assert alone == together == INPUTS[0]
