@@ -183,7 +183,7 @@ class SentenceScorer:
         """log P(text, </s>) under the model's n-gram alone (None for a model without one).
 
         Table lookups and no network step, so cheap enough to rank many texts before the network scores
-        the few worth it (the search in pipeline.rescore). Texts are pooled by ``batch_tokens``.
+        the few worth it (the search in pipeline.search). Texts are pooled by ``batch_tokens``.
         """
         ngram = self.lm.ngram
         if ngram is None:

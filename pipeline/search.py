@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 from pipeline.metrics import text_length
 from pipeline.network import SearchWeights, join_units, path_first_pass, path_logpost, run_alternatives, slot_alternatives
 from pipeline.screen import screen, stage_allowance
-from pipeline.weights import NETWORK_DEFAULTS
+from pipeline.weights import stage_budget
 
 if TYPE_CHECKING:
     from pipeline.rescore import Rescorer
 
 
-def ngram_scores(scorer, texts: Sequence[str]) -> list[float] | None:
+def ngram_alone(scorer, texts: Sequence[str]) -> list[float] | None:
     """The scorer's n-gram-alone scores of the texts (lm.scorer.SentenceScorer.score_ngram); None for a
     model without an n-gram, or a scorer that only scores (a table, a wrapper)."""
     method = getattr(scorer, "score_ngram", None)
@@ -84,11 +84,10 @@ class NetworkSearch:
         in each stage at most ``network["stage_budget"]`` times a list's size (pipeline.screen).
         """
         expanded = [self.rescorer.network_candidates(hyps) if hyps else None for hyps in lists]
-        search = self.search
         inputs = [{h["text"] for h in hyps} for hyps in lists]
-        budget = self.rescorer.weights.network.get("stage_budget", NETWORK_DEFAULTS["stage_budget"])
+        budget = stage_budget(self.rescorer.weights.network)
         allowances = {k: stage_allowance(len(hyps), budget) for k, hyps in enumerate(lists)}
-        stage = Stage(expanded, inputs, known, search)
+        stage = Stage(expanded, inputs, known, self.search)
         for k, item in enumerate(expanded):
             if item is not None:  # the inputs first: a tie keeps an input hypothesis
                 stage.consider(k, {t: c for t, c in item[2].items() if t in inputs[k]})
@@ -148,8 +147,8 @@ class NetworkSearch:
     def ngram_scores(self, texts: Sequence[str]) -> dict[str, tuple[float, float | None]]:
         """{text: (forward, backward)} n-gram stand-ins for the LM scores: the backward model's n-gram, else
         the forward one's; 0 for a model without an n-gram (the rest of the total then decides alone)."""
-        forward = ngram_scores(self.rescorer.scorer, texts) or [0.0] * len(texts)
+        forward = ngram_alone(self.rescorer.scorer, texts) or [0.0] * len(texts)
         backward = None
         if self.rescorer.backward_scorer is not None:
-            backward = ngram_scores(self.rescorer.backward_scorer, texts) or forward
+            backward = ngram_alone(self.rescorer.backward_scorer, texts) or forward
         return {t: (f, backward[i] if backward else None) for i, (t, f) in enumerate(zip(texts, forward))}

@@ -21,7 +21,7 @@ from pipeline.evaluate import evaluate_utterances
 from pipeline.fields import is_number
 from pipeline.metrics import detect_unit, error_counts
 from pipeline.rescore import Rescorer, Weights, text_length
-from pipeline.weights import NETWORK_DEFAULTS
+from pipeline.weights import stage_budget
 
 log = logging.getLogger(__name__)
 
@@ -246,8 +246,7 @@ def tune_weights(rescorer: Rescorer, utterances: Sequence[dict], unit: str = "au
     if search == "network":
         from pipeline.tune_network import tune_network
 
-        budget = rescorer.weights.network.get("stage_budget", NETWORK_DEFAULTS["stage_budget"])
-        weights.network["stage_budget"] = budget  # given, not fitted: the search is tuned within it
+        weights.network["stage_budget"] = stage_budget(rescorer.weights.network)  # given, not fitted
         rescorer.weights = weights  # the arcs are weighed with the tuned first-pass fields
         weights.network, searched = tune_network(rescorer, dev_utterances, unit, decision=decision)
         weights.search = choose_search(searched["search_errors"], errors, dev.reference_units)

@@ -13,7 +13,7 @@ from pipeline.metrics import error_counts, oracle_counts, split_units
 from pipeline.network import oracle_errors
 from pipeline.rescore import Rescorer, text_length
 from pipeline.tune import DevSet, search_weights
-from pipeline.weights import NETWORK_DEFAULTS
+from pipeline.weights import NETWORK_DEFAULTS, stage_budget
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
                 "lm_weight": values["lm_weight"],
                 "backward_weight": values.get("backward_weight", 0.0), "length_bonus": values["length_bonus"],
                 "input_bonus": values["input_bonus"], "mbr_temperature": None,
-                "stage_budget": rescorer.weights.network.get("stage_budget", NETWORK_DEFAULTS["stage_budget"])}
+                "stage_budget": stage_budget(rescorer.weights.network)}
     rescorer.weights.network = {**rescorer.weights.network, **settings}
     settings["passes"], errors, by_passes = fewest_errors_passes(rescorer, lists, utterances, unit, cache)
     log.info("network search, arc posteriors: %s errors after 0..%d passes of local changes; using %d",

@@ -47,6 +47,13 @@ NETWORK_DEFAULTS = {"temperature": 1.0, "candidates": 20, "arc_weight": 1.0, "fi
                     "mbr_temperature": None, "stage_budget": 0.1}
 
 
+
+def stage_budget(network: dict) -> float | None:
+    """The search's stage budget of network settings (the default where a partial dict, as a caller of the
+    Python API may give, has none)."""
+    return network.get("stage_budget", NETWORK_DEFAULTS["stage_budget"])
+
+
 @dataclass
 class Weights:
     """How the scores are combined; ``asr-rescore tune`` finds them, ``rescore --weights`` reads them.
