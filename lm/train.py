@@ -380,7 +380,7 @@ def train_loop(session: Session, progress: TrainingProgress) -> None:
 
 def overfitting_note(session: Session) -> str | None:
     """A hint when validation stopped improving (the patience ran out) with training time to spare and
-    weaker regularisation than a small corpus gets by default (:mod:`lm.regularisation`)."""
+    weaker regularisation than a small corpus gets with enough epochs (:mod:`lm.regularisation`)."""
     state, config, model = session.state, session.config, session.model.config
     if state.bad_epochs < config.patience or state.epoch >= config.epochs:
         return None
@@ -392,7 +392,7 @@ def overfitting_note(session: Session) -> str | None:
     options = " ".join(f"--{name.replace('_', '-')} {SMALL_CORPUS[name]}" for name in weaker)
     return (f"validation stopped improving after epoch {state.epoch - state.bad_epochs}{spare}: the network "
             f"overfits this corpus. Stronger regularisation uses the time better: {options} (what a small "
-            f"corpus gets by default; on zh-rmrb, dev CER 8.42% -> 7.97%)")
+            f"corpus gets with enough epochs; on zh-rmrb, dev CER 8.42% -> 7.97%)")
 
 
 def finish_run(session: Session) -> None:

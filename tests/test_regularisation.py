@@ -12,7 +12,8 @@ from lm.budget import BUDGET_FILE, TIMED_STEPS, epochs_in_budget, planned_epochs
 from lm.distributed import World
 from lm.launch import run
 from lm.regularisation import (
-    LARGE_CORPUS, MIN_EPOCHS_FOR_SMALL_CORPUS, SMALL_CORPUS, count_weights, resolve_regularisation,
+    LARGE_CORPUS, MAX_EPOCHS_FOR_LARGE_CORPUS_SETTINGS, MIN_EPOCHS_FOR_SMALL_CORPUS, SMALL_CORPUS, count_weights,
+    resolve_regularisation, strength_for_epochs,
 )
 from lm.session import TrainConfig
 from lm.tokenizer import TokenizerConfig
@@ -76,10 +77,25 @@ def test_a_small_corpus_gets_the_strong_settings_only_when_the_budget_allows_the
     settings, _ = resolve_regularisation(ARCHITECTURE, 10, 50, epochs)
     assert {name: settings[name] for name in SMALL_CORPUS} == SMALL_CORPUS
     assert asked == [SMALL_CORPUS]  # the budget is timed with the settings it would train with
-    available = MIN_EPOCHS_FOR_SMALL_CORPUS - 0.5
+    available = MAX_EPOCHS_FOR_LARGE_CORPUS_SETTINGS
     settings, note = resolve_regularisation(ARCHITECTURE, 10, 50, epochs)
     assert {name: settings[name] for name in LARGE_CORPUS} == LARGE_CORPUS
-    assert f"about {available:.1f} epochs" in note and "--dropout 0.4" in note
+    assert f"about {available:.1f} epochs" in note and "--dropout 0.4" in note and "large-corpus settings" in note
+
+
+def test_a_budget_between_the_two_gets_settings_in_proportion():
+    halfway = (MAX_EPOCHS_FOR_LARGE_CORPUS_SETTINGS + MIN_EPOCHS_FOR_SMALL_CORPUS) / 2
+    settings, note = resolve_regularisation(ARCHITECTURE, 10, 50, lambda settings: halfway)
+    expected = {name: round((LARGE_CORPUS[name] + SMALL_CORPUS[name]) / 2, 2) for name in SMALL_CORPUS}
+    assert {name: settings[name] for name in SMALL_CORPUS} == expected
+    assert "50% of the way" in note and f"--weight-dropout {expected['weight_dropout']:g}" in note
+    # more epochs, stronger settings; never beyond either end
+    low, high = MAX_EPOCHS_FOR_LARGE_CORPUS_SETTINGS, MIN_EPOCHS_FOR_SMALL_CORPUS
+    inside = [low + (high - low) * k / 4 for k in (0.1, 1, 2, 3, 3.9)]
+    values = [strength_for_epochs(e) for e in (0, low - 1, low, *inside, high, 2 * high)]
+    assert values[:3] == [0.0, 0.0, 0.0] and values[-2:] == [1.0, 1.0]
+    assert 0.0 < values[3] < values[4] < values[5] < values[6] < values[7] < 1.0
+    assert values[5] == pytest.approx(0.5)
 
 
 def test_the_budget_is_not_timed_where_the_corpus_or_the_caller_decides():
