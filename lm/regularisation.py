@@ -8,8 +8,8 @@ the same settings cost 0.2 points of WER. The threshold lies between the two. Th
 need epochs (a slow or busy machine, or a small ``--epochs``, gives few): a small corpus gets them with
 ``MIN_EPOCHS_FOR_SMALL_CORPUS`` or more in the budget, the large-corpus settings with
 ``MAX_EPOCHS_FOR_LARGE_CORPUS_SETTINGS`` or fewer, and settings in proportion between the two: on zh-rmrb
-with 11 epochs, halfway settings beat the strong ones in perplexity, and the large-corpus ones too (at
-the same CER). A setting the caller gives is kept as given; the rule fills the others.
+with 11 epochs, halfway settings beat the strong ones in perplexity and CER, and the large-corpus ones in
+perplexity at the same CER. A setting the caller gives is kept as given; the rule fills the others.
 """
 
 from __future__ import annotations
