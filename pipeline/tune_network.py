@@ -88,7 +88,7 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
     rescorer.weights.network = {**rescorer.weights.network, **settings}
     units = max(dev.reference_units, 1)
     if decision == "mbr":
-        _, pools = rescorer.searched_bests(lists, inputs_known(lists, cache), settings["passes"], cache)
+        _, pools = search_as_rescoring(rescorer, lists, cache, settings["passes"])
         highest = errors
         settings["mbr_temperature"], errors = fit_pool_mbr_temperature(pools, utterances, unit)
         log.info("network search, MBR: temperature %.4g, %d errors (the highest total: %d)",
@@ -140,17 +140,18 @@ def fewest_errors_passes(rescorer: Rescorer, lists: Sequence[Sequence[dict]], ut
                          cache: dict) -> tuple[int, int, list[int]]:
     """The search with the rescorer's network settings for up to ``MAX_PASSES`` passes: the pass count
     (1 or more, see MAX_PASSES) with the fewest dev errors, those errors, and the errors after each."""
-    history, _ = rescorer.searched_bests(lists, inputs_known(lists, cache), MAX_PASSES, cache)
+    history, _ = search_as_rescoring(rescorer, lists, cache, MAX_PASSES)
     by_passes = [errors_of(bests, utterances, unit) for bests in history]
     passes = min(range(1, len(by_passes)), key=lambda p: (by_passes[p], p))
     return passes, by_passes[passes], by_passes
 
 
-def inputs_known(lists: Sequence[Sequence[dict]], cache: dict) -> dict:
-    """The LM scores a search starts from when rescoring: its inputs' only. Tune's cache holds every path
-    it expanded too, and a search that knew them would pass them all where rescoring screens them
-    (pipeline.screen); the cache is given to the search as a memo instead."""
-    return {h["text"]: cache[h["text"]] for hyps in lists for h in hyps}
+def search_as_rescoring(rescorer: Rescorer, lists: Sequence[Sequence[dict]], cache: dict, passes: int):
+    """Rescorer.searched_bests started, as rescoring starts it, from the inputs' LM scores only. Tune's cache
+    holds every path it expanded too, and a search that knew them would pass them all where rescoring
+    screens them (pipeline.screen); the cache serves as a memo instead, so no text is scored twice."""
+    inputs = {h["text"]: cache[h["text"]] for hyps in lists for h in hyps}
+    return rescorer.searched_bests(lists, inputs, passes, cache)
 
 
 def errors_of(bests: dict[int, str], utterances: Sequence[dict], unit: str) -> int:

@@ -47,7 +47,6 @@ NETWORK_DEFAULTS = {"temperature": 1.0, "candidates": 20, "arc_weight": 1.0, "fi
                     "mbr_temperature": None, "stage_budget": 0.1}
 
 
-
 def stage_budget(network: dict) -> float | None:
     """The search's stage budget of network settings (the default where a partial dict, as a caller of the
     Python API may give, has none)."""
