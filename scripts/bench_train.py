@@ -2,6 +2,7 @@
 
     python scripts/bench_train.py                  # CPU fp32 vs bf16 autocast, 1 and 2 threads; CUDA if available
     python scripts/bench_train.py --batch-tokens 16384 --devices cuda
+    python scripts/bench_train.py --hidden-dim 512 384 256 --threads 1 --precisions fp32   # model sizes
 
 Each configuration runs a few warm-up steps, then times full training steps (forward, backward,
 clipping, AdamW) on random sentences of realistic lengths; the ratios to the first row are printed.
@@ -52,7 +53,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--embedding-dim", type=int, default=ModelConfig.embedding_dim)
-    parser.add_argument("--hidden-dim", type=int, default=ModelConfig.hidden_dim)
+    parser.add_argument("--hidden-dim", type=int, nargs="+", default=[ModelConfig.hidden_dim],
+                        help="recurrent state sizes to compare")
     parser.add_argument("--num-layers", type=int, default=ModelConfig.num_layers)
     parser.add_argument("--batch-tokens", type=int, default=4096)
     parser.add_argument("--length", type=int, default=24, help="tokens per sentence, </s> included")
@@ -60,12 +62,24 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"])
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     args = parser.parse_args()
 
-    config = ModelConfig(vocab_size=args.vocab, embedding_dim=args.embedding_dim, hidden_dim=args.hidden_dim,
-                         num_layers=args.num_layers)
-    print(f"model lstm {args.num_layers}x{args.hidden_dim}, embedding {args.embedding_dim}, vocabulary {args.vocab}; "
-          f"batch {args.batch_tokens} tokens")
+    sizes = ", ".join(f"{args.num_layers}x{hidden}" for hidden in args.hidden_dim)
+    print(f"model lstm {sizes}, embedding {args.embedding_dim}, vocabulary {args.vocab}; batch {args.batch_tokens} tokens")
+    rows = []
+    for hidden in args.hidden_dim:
+        config = ModelConfig(vocab_size=args.vocab, embedding_dim=args.embedding_dim, hidden_dim=hidden,
+                             num_layers=args.num_layers)
+        rows += measure_size(config, args, label=f"{args.num_layers}x{hidden} " if len(args.hidden_dim) > 1 else "")
+    base = rows[0][1]
+    print(f"{'configuration':44} {'tokens/s':>10} {'ratio':>7}")
+    for name, speed in rows:
+        print(f"{name:44} {speed:10,.0f} {speed / base:7.2f}")
+
+
+def measure_size(config: ModelConfig, args, label: str) -> list[tuple[str, float]]:
+    """(name, tokens/s) of one model size on each device, thread count and precision asked for."""
     rows = []
     for device_name in args.devices:
         if device_name == "cuda" and not torch.cuda.is_available():
@@ -74,16 +88,14 @@ def main() -> None:
         device = torch.device(device_name)
         for threads in args.threads if device.type == "cpu" else [torch.get_num_threads()]:
             torch.set_num_threads(threads)
-            for bf16 in (False, True):
-                name = f"{device_name} {'bf16 autocast' if bf16 else 'fp32'} {threads} thread(s)"
+            for precision in args.precisions:
+                bf16 = precision == "bf16"
+                name = f"{label}{device_name} {'bf16 autocast' if bf16 else 'fp32'} {threads} thread(s)"
                 if bf16 and device.type == "cpu" and not cpu_trains_in_bf16(config.cell):
                     print(f"{name}: not supported here (no bfloat16 kernel for the cell on this CPU)")
                     continue
                 rows.append((name, tokens_per_second(config, device, bf16, args)))
-    base = rows[0][1]
-    print(f"{'configuration':36} {'tokens/s':>10} {'ratio':>7}")
-    for name, speed in rows:
-        print(f"{name:36} {speed:10,.0f} {speed / base:7.2f}")
+    return rows
 
 
 if __name__ == "__main__":
