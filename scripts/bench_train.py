@@ -67,24 +67,25 @@ def main() -> None:
 
     sizes = ", ".join(f"{args.num_layers}x{hidden}" for hidden in args.hidden_dim)
     print(f"model lstm {sizes}, embedding {args.embedding_dim}, vocabulary {args.vocab}; batch {args.batch_tokens} tokens")
+    devices = [name for name in args.devices if name != "cuda" or torch.cuda.is_available()]
+    if len(devices) < len(args.devices):
+        print("cuda: not available here, skipped")
     rows = []
     for hidden in args.hidden_dim:
         config = ModelConfig(vocab_size=args.vocab, embedding_dim=args.embedding_dim, hidden_dim=hidden,
                              num_layers=args.num_layers)
-        rows += measure_size(config, args, label=f"{args.num_layers}x{hidden} " if len(args.hidden_dim) > 1 else "")
+        label = f"{args.num_layers}x{hidden} " if len(args.hidden_dim) > 1 else ""
+        rows += measure_size(config, devices, args, label)
     base = rows[0][1]
     print(f"{'configuration':44} {'tokens/s':>10} {'ratio':>7}")
     for name, speed in rows:
         print(f"{name:44} {speed:10,.0f} {speed / base:7.2f}")
 
 
-def measure_size(config: ModelConfig, args, label: str) -> list[tuple[str, float]]:
+def measure_size(config: ModelConfig, devices: list[str], args, label: str) -> list[tuple[str, float]]:
     """(name, tokens/s) of one model size on each device, thread count and precision asked for."""
     rows = []
-    for device_name in args.devices:
-        if device_name == "cuda" and not torch.cuda.is_available():
-            print("cuda: not available here, skipped")
-            continue
+    for device_name in devices:
         device = torch.device(device_name)
         for threads in args.threads if device.type == "cpu" else [torch.get_num_threads()]:
             torch.set_num_threads(threads)
