@@ -100,6 +100,7 @@ def train(
     batch_tokens: Annotated[int, typer.Option(help="Padded tokens per batch (per process under torchrun).")] = 2048,
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (warm-up, then cosine decay).")] = 3e-3,
     warmup_steps: Annotated[int, typer.Option(help="Steps of linear learning-rate warm-up.")] = 100,
+    weight_decay: Annotated[float, typer.Option(help="AdamW's decoupled weight decay (each step shrinks the weights by lr x this).")] = 0.01,
     clip: Annotated[float, typer.Option(help="Gradient-norm clipping threshold (0: off).")] = 1.0,
     patience: Annotated[int, typer.Option(help="Stop after this many epochs without validation improvement.")] = 4,
     average_power: Annotated[float, typer.Option(help="Also validate a moving average of the weights, each step weighted by step^POWER (7: centred a ninth of the run back), and keep it where it validates better; 0: off, the default, as it never won under the cosine decay).")] = 0.0,

@@ -16,7 +16,7 @@ DIRECTIONS = ("auto", "both", "forward", "backward")
 
 def run_train(corpus, output, valid, valid_fraction, exclude, vocab_size, model_type, cell, embedding_dim, hidden_dim,
               num_layers, dropout, embedding_dropout, weight_dropout, tie_weights, ngram_order, ngram_min_count, epochs,
-              max_minutes, batch_tokens, lr, warmup_steps, clip, patience, average_power, seed, device, precision, threads, direction,
+              max_minutes, batch_tokens, lr, warmup_steps, weight_decay, clip, patience, average_power, seed, device, precision, threads, direction,
               reverse, resume, keep_checkpoint, progress) -> None:
     from lm.bidirectional import choose_direction
     from lm.device import check_training_precision, resolve_device
@@ -38,7 +38,7 @@ def run_train(corpus, output, valid, valid_fraction, exclude, vocab_size, model_
     try:
         config = TrainConfig(
             epochs=epochs, max_minutes=max_minutes or None, batch_tokens=batch_tokens, lr=lr, warmup_steps=warmup_steps,
-            clip=clip, seed=seed, device=device, precision=precision, threads=threads or None,
+            weight_decay=weight_decay, clip=clip, seed=seed, device=device, precision=precision, threads=threads or None,
             valid_fraction=valid_fraction, patience=patience, reverse=direction == "backward" or reverse,
             ngram_order=ngram_order, ngram_min_count=ngram_min_count, keep_checkpoint=keep_checkpoint,
             average_power=average_power,

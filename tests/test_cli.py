@@ -12,7 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import CHINESE, ENGLISH
+import lm.launch
 from lm.model import ModelConfig
+from lm.session import TrainConfig, TrainState
 from pipeline import batch, cli, commands
 from pipeline.cli import app, rescore_app
 from pipeline.nbest import NbestFormatError
@@ -623,3 +625,26 @@ def test_bad_train_options_exit_2_before_any_work(tmp_path, option, message):
 def test_train_architecture_defaults_are_model_configs(name):
     """The train command spells out its size defaults (the CLI starts without importing torch); they are ModelConfig's."""
     assert inspect.signature(cli.train).parameters[name].default == getattr(ModelConfig, name)
+
+
+@pytest.mark.parametrize("name", ["batch_tokens", "lr", "warmup_steps", "weight_decay", "clip", "patience",
+                                  "average_power", "seed"])
+def test_train_optimisation_defaults_are_train_configs(name):
+    """The train command's optimisation defaults are TrainConfig's, so the CLI and the Python API train alike."""
+    assert inspect.signature(cli.train).parameters[name].default == getattr(TrainConfig, name)
+
+
+def test_train_passes_weight_decay_to_the_training_config(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run(corpus, output, model_settings, tokenizer_config, config, *args, **kwargs):
+        seen["config"] = config
+        return TrainState()
+
+    monkeypatch.setattr(lm.launch, "run", fake_run)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a sentence\n", encoding="utf-8")
+    result = runner.invoke(app, ["train", str(corpus), "-o", str(tmp_path / "lm"), "--weight-decay", "0.25",
+                                 "--direction", "forward"])
+    assert result.exit_code == 0, result.output
+    assert seen["config"].weight_decay == 0.25

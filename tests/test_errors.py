@@ -55,6 +55,7 @@ def test_bad_sample_options_exit_2(trained_model_dir, args, message):
         (["--threads", "-1"], "error: --threads must be at least 1 (or 0 for torch's default), got -1"),
         (["--epochs", "0"], "error: --epochs must be at least 1, got 0"),
         (["--lr", "nan"], "error: --lr must be a finite number >= 0, got nan"),
+        (["--weight-decay", "-0.1"], "error: --weight-decay must be a finite number >= 0, got -0.1"),
         (["--valid-fraction", "1.5"], "error: --valid-fraction must be between 0 and 1, got 1.5"),
         (["--device", "gpu"], "error: --device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
         (["--precision", "fp8"], "error: --precision must be auto, fp32 or bf16, got 'fp8'"),

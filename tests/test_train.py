@@ -131,6 +131,16 @@ def test_clipping_is_applied(tmp_path, small_corpus, clip, fraction):
     assert read_metrics(tmp_path / "lm")[-1]["clipped_fraction"] == fraction
 
 
+def test_weight_decay_shrinks_the_weights(tmp_path, small_corpus):
+    """--weight-decay reaches the optimiser: the same run with a strong decay ends with smaller weights."""
+    norms = {}
+    for decay in (0.0, 10.0):
+        train(tmp_path / str(decay), small_corpus, small_config(epochs=2, weight_decay=decay, average_power=0.0))
+        weights = load_model_dir(tmp_path / str(decay)).model.state_dict()
+        norms[decay] = torch.cat([w.flatten() for w in weights.values()]).norm().item()
+    assert norms[10.0] < 0.8 * norms[0.0]
+
+
 def test_same_seed_gives_identical_weights(tmp_path, small_corpus, reference_run):
     train(tmp_path / "again", small_corpus)
     assert_same_weights(load_weights(tmp_path / "again" / "model.pt"), load_weights(reference_run / "model.pt"))
