@@ -2,7 +2,7 @@
 # Train the embedded default model data/default_model: one small bilingual (Chinese + English) LSTM
 # mixed with a pruned Kneser-Ney 4-gram, trained on both shared corpora, exported with float16 weights
 # to stay small (about 12 MB in all). The committed model predates the unigram start of the output
-# bias and the default batches of 1,024 tokens (it trained with 2,048), so a rerun gives a somewhat
+# bias and the default batches of 512 tokens (it trained with 2,048), so a rerun gives a somewhat
 # better model, not the same weights.
 # Usage: scripts/train_default_model.sh [SHARED_DATA_DIR] [WORK_DIR]
 set -euo pipefail
