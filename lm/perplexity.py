@@ -39,20 +39,30 @@ class PerplexityReport:
         """Per word; None for text without spaces (Chinese), where a "word" would be a whole sentence."""
         return self.per(self.words) if self.spaced else None
 
+    @property
+    def ppl_text(self) -> float:
+        """Per word for spaced text, else per character: the unit a reader of that language compares."""
+        return self.ppl_char if self.ppl_word is None else self.ppl_word
+
     def as_dict(self) -> dict:
         fields = {k: v for k, v in asdict(self).items() if k != "spaced"}
         return {**fields, "ppl_token": self.ppl_token, "ppl_char": self.ppl_char, "ppl_word": self.ppl_word}
+
+    @classmethod
+    def of(cls, sentences: Sequence[str], logprob: float, tokens: int) -> PerplexityReport:
+        """The report of ``sentences`` scored ``logprob`` in total over ``tokens`` (``</s>`` included)."""
+        return cls(
+            logprob=logprob,
+            sentences=len(sentences),
+            tokens=tokens,
+            characters=sum(len(t.replace(" ", "")) + 1 for t in sentences),
+            words=sum(len(t.split()) + 1 for t in sentences),
+            spaced=any(" " in t for t in sentences),
+        )
 
 
 def compute_perplexity(scorer: SentenceScorer, sentences: Sequence[str]) -> PerplexityReport:
     """Score every sentence (duplicates count each time) and total the units."""
     scores = scorer.score_detailed(sentences)
-    return PerplexityReport(
-        logprob=sum(s.logprob for s in scores),
-        sentences=len(sentences),
-        tokens=sum(s.num_tokens for s in scores),
-        characters=sum(len(t.replace(" ", "")) + 1 for t in sentences),
-        words=sum(len(t.split()) + 1 for t in sentences),
-        spaced=any(" " in t for t in sentences),
-    )
+    return PerplexityReport.of(sentences, sum(s.logprob for s in scores), sum(s.num_tokens for s in scores))
 

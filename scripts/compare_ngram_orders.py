@@ -12,7 +12,6 @@ character. Nothing is written.
 from __future__ import annotations
 
 import argparse
-import math
 import tempfile
 from pathlib import Path
 
@@ -21,8 +20,10 @@ import torch
 from lm.checkpoint import LanguageModel, load_model_dir
 from lm.data import TokenizedCorpus, collate, load_tokenized, tokenize_to_files
 from lm.ngram import NgramError, NgramModel, check_order, fit_mixture_weight, history_windows, mix_logprobs
+from lm.perplexity import PerplexityReport
 
 BATCH = 64
+NO_CUT = 10**9  # collate cuts training sentences at max_length; scoring keeps them whole
 
 
 def network_scores(lm: LanguageModel, corpus: TokenizedCorpus) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -30,7 +31,8 @@ def network_scores(lm: LanguageModel, corpus: TokenizedCorpus) -> tuple[list[tor
     batches, logprobs = [], []
     with torch.inference_mode():
         for start in range(0, len(corpus), BATCH):
-            x, y, lengths = collate(corpus, torch.arange(start, min(start + BATCH, len(corpus))), lm.tokenizer, 10**9)
+            indices = torch.arange(start, min(start + BATCH, len(corpus)))
+            x, y, lengths = collate(corpus, indices, lm.tokenizer, max_length=NO_CUT)
             real = torch.arange(x.shape[1])[None, :] < lengths[:, None]
             batches.append((x, real, y[real]))
             logprobs.append(-lm.model(x, y, lengths).double()[real])
@@ -60,15 +62,12 @@ def main() -> None:
     if train is None or valid is None:
         raise SystemExit(f"{args.model / 'train'}: no tokenised training and validation splits")
     sentences = [line.strip() for line in args.text.read_text(encoding="utf-8").splitlines() if line.strip()]
-    # per word for spaced text, else per character; one </s> each, as `asr-rescore perplexity` counts
-    spaced = any(" " in s for s in sentences)
-    unit = "word" if spaced else "character"
-    units = sum(len(s.split()) + 1 if spaced else len(s) + 1 for s in sentences)
+    unit = "word" if any(" " in s for s in sentences) else "character"
     with tempfile.TemporaryDirectory() as tmp:
         held_out = tokenize_to_files(sentences, lm.tokenizer, Path(tmp) / "text", reverse=lm.direction == "backward")
         text_batches, text_network = network_scores(lm, held_out)
     valid_batches, valid_network = network_scores(lm, valid)
-    per_unit = lambda logprobs: math.exp(-float(logprobs.sum()) / units)  # noqa: E731
+    per_unit = lambda logprobs: PerplexityReport.of(sentences, float(logprobs.sum()), logprobs.numel()).ppl_text  # noqa: E731
     print(f"network alone: {per_unit(text_network):.2f} per {unit}")
 
     tok = lm.tokenizer

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from conftest import CORPUS, make_random_model_dir
 from lm.checkpoint import CONFIG_FILE, LanguageModel, load_model_dir
-from lm.perplexity import compute_perplexity
+from lm.perplexity import PerplexityReport, compute_perplexity
 from lm.scorer import SentenceScorer, build_trie, pools_by_budget, score_one_at_a_time, score_padded
 
 TOLERANCE = 1e-4
@@ -278,3 +278,11 @@ def test_perplexity_counts_units_by_hand(sharp_lm):
     assert twice.tokens == report.tokens + len(ids[0]) + 1
     assert twice.logprob == pytest.approx(report.logprob + score_one_at_a_time(sharp_lm, ids[:1])[0], abs=TOLERANCE)
     assert set(report.as_dict()) >= {"ppl_token", "ppl_char", "ppl_word", "tokens", "characters", "words"}
+
+
+def test_perplexity_of_text_is_per_word_with_spaces_and_per_character_without():
+    english = PerplexityReport.of(["in the beginning"], logprob=-8.0, tokens=5)
+    chinese = PerplexityReport.of(["历史告诉我们"], logprob=-14.0, tokens=4)
+    assert english.ppl_text == english.ppl_word == pytest.approx(math.exp(8.0 / 4))
+    assert chinese.ppl_word is None
+    assert chinese.ppl_text == chinese.ppl_char == pytest.approx(math.exp(14.0 / 7))
