@@ -6,52 +6,80 @@ probabilities, ``P = w * P_rnn + (1 - w) * P_ngram`` (Mikolov et al. 2011, "RNNL
 Neural Network Language Modeling Toolkit"), is a proper distribution and measured far better than
 either alone (zh-rmrb dev references, per character: LSTM 91.0, 4-gram 81.6, mixture 65.2).
 
-The n-gram is interpolated modified Kneser-Ney (Chen & Goodman 1998) stored as sorted integer keys:
-an n-gram's key packs its token ids into one int64, ``key(h + w) = key(h) << bits | w``, so every
-lookup is one ``torch.searchsorted`` over a table and a whole batch of positions is scored at once.
+The n-gram is interpolated modified Kneser-Ney (Chen & Goodman 1998, counted in ``lm.kneser_ney``)
+stored as sorted integer key tables, so every lookup is one ``torch.searchsorted`` and a whole batch of
+positions is scored at once. A context of order k (the last k-1 tokens) is known by its index in
+``context_keys.k``, whose key is ``(index of the context's last k-2 tokens in context_keys.{k-1}) << bits
+| its oldest token``; an n-gram's key is ``(index of its context) << bits | token``. So a key holds one
+index and one token whatever the order, and the n-grams of one context are one contiguous range.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
+from lm.kneser_ney import OrderTerms, count_orders, unique_rows
+
 MAX_KEY_BITS = 63
+KEY_FORMAT = 2  # context-index keys; files without "key_format" packed every token into a key (format 1)
+KINDS = ("gram_keys", "gram_direct", "context_keys", "context_backoff")
 
 
 class NgramError(ValueError):
-    """The n-gram settings cannot work (order too high for the vocabulary, and the like)."""
+    """The n-gram settings or tables cannot work (order too low, tables incomplete, and the like)."""
 
 
 def key_bits(vocab_size: int) -> int:
     return max(1, (vocab_size - 1).bit_length())
 
 
-def check_order(order: int, vocab_size: int) -> None:
+def check_order(order: int) -> None:
     if order < 2:
         raise NgramError(f"n-gram order must be at least 2, got {order}")
-    if order * key_bits(vocab_size) > MAX_KEY_BITS:
-        most = MAX_KEY_BITS // key_bits(vocab_size)
-        raise NgramError(f"n-gram order {order} is too high for a vocabulary of {vocab_size} (at most {most})")
 
 
-def pack(tokens: torch.Tensor, bits: int) -> torch.Tensor:
-    """(M, k) token ids -> (M,) int64 keys, the last token in the lowest bits."""
-    key = torch.zeros(tokens.shape[0], dtype=torch.int64)
-    for j in range(tokens.shape[1]):
-        key = (key << bits) | tokens[:, j]
-    return key
-
-
-def lookup(keys: torch.Tensor, values: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``values`` at ``query`` in the sorted ``keys``: (value or 0, found)."""
+def position_of(keys: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each ``query`` is in the sorted ``keys``: (index, found); index is in range when found."""
     if keys.numel() == 0:
-        return torch.zeros(query.shape, dtype=values.dtype), torch.zeros(query.shape, dtype=torch.bool)
+        return torch.zeros(query.shape, dtype=torch.int64), torch.zeros(query.shape, dtype=torch.bool)
     index = torch.searchsorted(keys, query).clamp(max=keys.numel() - 1)
-    found = keys[index] == query
-    return torch.where(found, values[index], torch.zeros((), dtype=values.dtype)), found
+    return index, keys[index] == query
+
+
+def value_at(keys: torch.Tensor, values: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """``values`` at ``query`` in the sorted ``keys``, 0 where a query is not there."""
+    index, found = position_of(keys, query)
+    if keys.numel() == 0:
+        return torch.zeros(query.shape, dtype=values.dtype)
+    return torch.where(found, values[index], torch.zeros((), dtype=values.dtype))
+
+
+def walk_contexts(
+    tables: dict[str, torch.Tensor], bits: int, rows: torch.Tensor
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """For k = 1 .. w+1, each row's order-k context (its last k-1 tokens): (index in context_keys.k, found).
+
+    rows (M, w) token ids, -1 where there is none (before ``<s>``). Each step extends the context by one
+    older token, so a context is found only when all its shorter suffixes are.
+    """
+    index = torch.zeros(rows.shape[0], dtype=torch.int64)
+    found = torch.full((rows.shape[0],), tables["context_keys.1"].numel() > 0)
+    yield 1, index, found
+    for k in range(2, rows.shape[1] + 2):
+        token = rows[:, -(k - 1)]
+        key = token.clamp(min=0) if k == 2 else (index << bits) | token.clamp(min=0)
+        index, hit = position_of(tables[f"context_keys.{k}"], key)
+        found = found & hit & (token >= 0)
+        yield k, index, found
+
+
+def context_index(tables: dict[str, torch.Tensor], bits: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row of (M, k-1) tokens as a context of order k: (index in context_keys.k, found)."""
+    *_, (_, index, found) = walk_contexts(tables, bits, rows)
+    return index, found
 
 
 def history_windows(inputs: torch.Tensor, width: int) -> torch.Tensor:
@@ -63,6 +91,7 @@ def history_windows(inputs: torch.Tensor, width: int) -> torch.Tensor:
     before = torch.full((*inputs.shape[:-1], width - 1), -1, dtype=torch.int64)
     return torch.cat([before, inputs], dim=-1).unfold(-1, width, 1)
 
+
 class NgramModel:
     """Interpolated modified Kneser-Ney probabilities over token ids, as sorted key tables.
 
@@ -72,7 +101,7 @@ class NgramModel:
     """
 
     def __init__(self, order: int, vocab_size: int, tables: dict[str, torch.Tensor]):
-        check_order(order, vocab_size)
+        check_order(order)
         self.order, self.vocab_size, self.bits = order, vocab_size, key_bits(vocab_size)
         self.tables = tables
 
@@ -93,127 +122,121 @@ class NgramModel:
     ) -> NgramModel:
         """Count a tokenised corpus (``ids`` back to back, sentence ``offsets``) into KN tables.
 
-        ``min_count`` > 1 drops n-grams of order 2 and up seen fewer times (after KN count adjustment);
-        their probability mass moves to the order below, so the model stays normalised.
+        ``min_count`` > 1 drops n-grams of order 2 and up seen fewer times (see ``count_orders``).
         """
-        check_order(order, vocab_size)
+        check_order(order)
+        return cls.from_terms(vocab_size, count_orders(ids, offsets, order, bos_id, eos_id, min_count))
+
+    @classmethod
+    def from_terms(cls, vocab_size: int, terms: list[OrderTerms]) -> NgramModel:
+        """Key tables from each order's token rows (``terms[k - 1]`` is order k)."""
         bits = key_bits(vocab_size)
-        flat, position = with_boundaries(ids.to(torch.int64), offsets.to(torch.int64), bos_id, eos_id)
-        raw: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        for k in range(1, order + 1):
-            ends = torch.nonzero(position >= max(k - 1, 1)).squeeze(1)  # windows inside one sentence
-            windows = torch.stack([flat[ends - (k - 1 - j)] for j in range(k)], dim=1)
-            raw[k] = torch.unique(pack(windows, bits), return_counts=True)
         tables: dict[str, torch.Tensor] = {}
-        for k in range(1, order + 1):
-            keys, counts = raw[k]
-            if k < order:  # continuation counts (distinct left extensions), except for n-grams that start at <s>
-                suffix_mask = (1 << (bits * k)) - 1
-                suffixes, extensions = torch.unique(raw[k + 1][0] & suffix_mask, return_counts=True)
-                continuation, found = lookup(suffixes, extensions, keys)
-                starts_with_bos = (keys >> (bits * (k - 1))) == bos_id if k > 1 else torch.zeros_like(found)
-                counts = torch.where(starts_with_bos | ~found, counts, continuation)
-            tables.update(kneser_ney_order(keys, counts, k, bits, min_count if k >= 2 else 1))
-        return cls(order, vocab_size, tables)
+        needed = contexts_closed_under_suffixes([term.contexts for term in terms])
+        for k, (term, contexts) in enumerate(zip(terms, needed), start=1):
+            keys = context_keys(tables, bits, contexts)
+            if keys.numel() >= 1 << (MAX_KEY_BITS - bits):
+                raise NgramError(f"{keys.numel()} contexts of order {k} are too many for 64-bit keys")
+            tables[f"context_keys.{k}"] = keys
+            index, _ = context_index(tables, bits, term.contexts)
+            backoff = torch.ones(keys.numel(), dtype=torch.float32)  # a context kept only as a suffix backs off fully
+            tables[f"context_backoff.{k}"] = backoff.index_copy_(0, index, term.backoff.to(torch.float32))
+            index, _ = context_index(tables, bits, term.grams[:, :-1])
+            gram_keys, sort = torch.sort((index << bits) | term.grams[:, -1])
+            tables[f"gram_keys.{k}"], tables[f"gram_direct.{k}"] = gram_keys, term.direct.to(torch.float32)[sort]
+        return cls(len(terms), vocab_size, tables)
 
     # -- scoring ---------------------------------------------------------------------------------
 
     def logprobs(self, histories: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """log P(targets[m] | histories[m]): histories (M, n-1) int64 with -1 before ``<s>``, targets (M,)."""
         histories, targets = histories.to(torch.int64).cpu(), targets.to(torch.int64).cpu()
+        histories = histories[:, histories.shape[1] - self.history_width :]
         p = torch.full(targets.shape, 1.0 / self.vocab_size, dtype=torch.float64)
-        for k in range(1, self.order + 1):
-            context = histories[:, histories.shape[1] - (k - 1) :]
-            usable = (context >= 0).all(dim=1)
-            context_key = pack(context.clamp(min=0), self.bits)
-            backoff, known = lookup(self.tables[f"context_keys.{k}"], self.tables[f"context_backoff.{k}"], context_key)
-            gram_key = (context_key << self.bits) | targets
-            direct, _ = lookup(self.tables[f"gram_keys.{k}"], self.tables[f"gram_direct.{k}"], gram_key)
-            p = torch.where(usable & known, direct + backoff * p, p)
+        for k, index, found in walk_contexts(self.tables, self.bits, histories):
+            weights = self.tables[f"context_backoff.{k}"]
+            backoff = weights[index] if weights.numel() else torch.zeros(index.shape, dtype=weights.dtype)
+            direct = value_at(self.tables[f"gram_keys.{k}"], self.tables[f"gram_direct.{k}"], (index << self.bits) | targets)
+            p = torch.where(found, direct + backoff * p, p)
         return p.log()
 
     def next_logprobs(self, history: torch.Tensor) -> torch.Tensor:
         """log P(w | history) for every token w: history (n-1,) int64 with -1 before ``<s>`` -> (V,)."""
         history = history.to(torch.int64).cpu()
         p = torch.full((self.vocab_size,), 1.0 / self.vocab_size, dtype=torch.float64)
-        for k in range(1, self.order + 1):
-            context = history[history.numel() - (k - 1) :]
-            if (context < 0).any():
+        for k, index, found in walk_contexts(self.tables, self.bits, history[None, history.numel() - self.history_width :]):
+            if not bool(found):
                 continue
-            context_key = pack(context[None], self.bits)
-            backoff, known = lookup(self.tables[f"context_keys.{k}"], self.tables[f"context_backoff.{k}"], context_key)
-            if not bool(known):
-                continue
-            keys = self.tables[f"gram_keys.{k}"]
-            low, high = torch.searchsorted(keys, torch.cat([context_key << self.bits, (context_key + 1) << self.bits]))
-            p = backoff * p
+            i, keys = int(index), self.tables[f"gram_keys.{k}"]
+            low, high = torch.searchsorted(keys, torch.tensor([i << self.bits, (i + 1) << self.bits]))
+            p = float(self.tables[f"context_backoff.{k}"][i]) * p
             p[keys[low:high] & ((1 << self.bits) - 1)] += self.tables[f"gram_direct.{k}"][low:high]
         return p.log()
 
     # -- storage ---------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"order": torch.tensor(self.order), "vocab_size": torch.tensor(self.vocab_size), **self.tables}
+        return {
+            "order": torch.tensor(self.order), "vocab_size": torch.tensor(self.vocab_size),
+            "key_format": torch.tensor(KEY_FORMAT), **self.tables,
+        }
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> NgramModel:
         order, vocab_size = int(state["order"]), int(state["vocab_size"])
-        kinds = ("gram_keys", "gram_direct", "context_keys", "context_backoff")
-        names = [f"{kind}.{k}" for k in range(1, order + 1) for kind in kinds]
+        key_format = int(state.get("key_format", 1))
+        if key_format not in (1, KEY_FORMAT):
+            raise NgramError(f"n-gram key format {key_format} is not one this version reads (1, {KEY_FORMAT})")
+        names = [f"{kind}.{k}" for k in range(1, order + 1) for kind in KINDS]
         missing = [name for name in names if name not in state]
         if missing:
             raise NgramError(f"n-gram tables incomplete (missing {', '.join(missing[:3])})")
+        if key_format == 1:
+            return cls.from_terms(vocab_size, unpack_format_1(state, order, vocab_size))
         return cls(order, vocab_size, {name: state[name] for name in names})
 
 
-def with_boundaries(
-    ids: torch.Tensor, offsets: torch.Tensor, bos_id: int, eos_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``<s> sentence </s>`` for every sentence, back to back, and each token's position in its sentence."""
-    lengths = offsets[1:] - offsets[:-1]
-    starts = offsets[:-1] + 2 * torch.arange(lengths.numel())
-    total = int(ids.numel() + 2 * lengths.numel())
-    flat = torch.empty(total, dtype=torch.int64)
-    sentence = torch.repeat_interleave(torch.arange(lengths.numel()), lengths + 2)
-    position = torch.arange(total) - starts[sentence]
-    inside = (position >= 1) & (position <= lengths[sentence])
-    flat[inside] = ids
-    flat[position == 0] = bos_id
-    flat[position == lengths[sentence] + 1] = eos_id
-    return flat, position
+def contexts_closed_under_suffixes(contexts: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each order's context rows plus the last k-2 tokens of every context of order k, distinct and sorted.
+
+    A context's index is found through its suffix's, so each suffix needs a row even where pruning left
+    it no n-grams of its own (it then backs off fully, as an absent context does).
+    """
+    closed = list(contexts)
+    for k in range(len(closed), 2, -1):
+        suffixes = closed[k - 1][:, 1:]
+        if suffixes.shape[0]:
+            closed[k - 2] = unique_rows(torch.cat([closed[k - 2], suffixes]))[0]
+    return closed
 
 
-def kneser_ney_order(
-    keys: torch.Tensor, counts: torch.Tensor, k: int, bits: int, min_count: int
-) -> dict[str, torch.Tensor]:
-    """Discounted terms and back-off weights of one order from its (adjusted) counts."""
-    counts = counts.to(torch.float64)
-    discounts = modified_discounts(counts)
-    discount = discounts[counts.clamp(max=3).long() - 1]
-    contexts = keys >> bits if k > 1 else torch.zeros_like(keys)
-    context_keys, context_index = torch.unique(contexts, return_inverse=True)
-    totals = torch.zeros(context_keys.numel(), dtype=torch.float64).index_add_(0, context_index, counts)
-    direct = (counts - discount) / totals[context_index]
-    keep = counts >= min_count
-    # gamma(h) = 1 - sum of the kept direct terms: the discounted mass plus that of pruned n-grams
-    kept_mass = torch.zeros_like(totals).index_add_(0, context_index, torch.where(keep, direct, 0.0))
-    backoff = (1.0 - kept_mass).clamp(min=0.0)
-    used = torch.zeros(context_keys.numel(), dtype=torch.bool).index_fill_(0, context_index[keep], True)
-    return {
-        f"gram_keys.{k}": keys[keep],
-        f"gram_direct.{k}": direct[keep].to(torch.float32),
-        f"context_keys.{k}": context_keys[used],
-        f"context_backoff.{k}": backoff[used].to(torch.float32),
-    }
+def context_keys(tables: dict[str, torch.Tensor], bits: int, contexts: torch.Tensor) -> torch.Tensor:
+    """The sorted keys of order-k contexts (C, k-1), given the tables of the orders below."""
+    if contexts.shape[1] == 0:
+        return torch.zeros(min(contexts.shape[0], 1), dtype=torch.int64)
+    if contexts.shape[1] == 1:
+        return torch.sort(contexts[:, 0]).values
+    suffix, found = context_index(tables, bits, contexts[:, 1:])
+    if not bool(found.all()):
+        raise NgramError("n-gram contexts without their suffixes")
+    return torch.sort((suffix << bits) | contexts[:, 0]).values
 
 
-def modified_discounts(counts: torch.Tensor) -> torch.Tensor:
-    """D1, D2, D3+ from the counts of counts (Chen & Goodman 1998), kept inside (0, c)."""
-    n = [float((counts == c).sum()) for c in (1, 2, 3, 4)]
-    n = [value if value > 0 else 1.0 for value in n]
-    y = n[0] / (n[0] + 2 * n[1])
-    d = [1 - 2 * y * n[1] / n[0], 2 - 3 * y * n[2] / n[1], 3 - 4 * y * n[3] / n[2]]
-    return torch.tensor([min(max(value, 0.05), c - 0.05) for c, value in zip((1, 2, 3), d)], dtype=torch.float64)
+def unpack_format_1(state: dict[str, torch.Tensor], order: int, vocab_size: int) -> list[OrderTerms]:
+    """Token rows from the tables of format 1, whose keys packed every token, the last in the lowest bits."""
+    bits = key_bits(vocab_size)
+    if order * bits > MAX_KEY_BITS:
+        raise NgramError(f"n-gram order {order} cannot be held in format-1 keys for a vocabulary of {vocab_size}")
+
+    def rows(keys: torch.Tensor, width: int) -> torch.Tensor:
+        shifts = [bits * (width - 1 - j) for j in range(width)]
+        return torch.stack([(keys >> shift) & ((1 << bits) - 1) for shift in shifts], dim=1) if width else keys[:, None][:, :0]
+
+    return [
+        OrderTerms(rows(state[f"gram_keys.{k}"], k), state[f"gram_direct.{k}"],
+                   rows(state[f"context_keys.{k}"], k - 1), state[f"context_backoff.{k}"])
+        for k in range(1, order + 1)
+    ]
 
 
 def fit_mixture_weight(

@@ -48,7 +48,7 @@ def run_train(corpus, output, valid, valid_fraction, exclude, vocab_size, model_
         ModelConfig(vocab_size=vocab_size, **given)  # check the options before any work
         check_training_precision(precision, resolve_device(device), cell)
         if ngram_order:
-            check_order(ngram_order, vocab_size)
+            check_order(ngram_order)
     except (TypeError, ValueError) as e:
         raise UsageError(str(e)) from e
     if direction == "auto" and not config.reverse:

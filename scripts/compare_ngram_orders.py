@@ -55,7 +55,7 @@ def main() -> None:
     lm.model.eval()
     try:
         for order in args.orders:
-            check_order(order, lm.tokenizer.vocab_size)
+            check_order(order)
     except NgramError as error:
         raise SystemExit(str(error)) from None
     train, valid = (load_tokenized(args.model / "train" / split) for split in ("train", "valid"))

@@ -606,7 +606,6 @@ def test_debug_environment_variable_shows_the_exception(trained_model_dir, tmp_p
 @pytest.mark.parametrize(
     ("option", "message"),
     [
-        (["--ngram-order", "5"], "error: n-gram order 5 is too high for a vocabulary of 8000 (at most 4)"),
         (["--ngram-order", "1"], "error: n-gram order must be at least 2, got 1"),
         (["--ngram-min-count", "0"], "error: --ngram-min-count must be at least 1, got 0"),
         (["--weight-dropout", "1.0"], "error: weight_dropout must be in [0, 1), got 1.0"),

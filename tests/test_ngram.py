@@ -9,14 +9,20 @@ from collections import defaultdict
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conftest import CORPUS, TINY_MODEL, tiny_train_config, write_lines
-from lm.checkpoint import NGRAM_FILE, ModelDirError, load_model_dir
-from lm.ngram import NgramError, NgramModel, check_order, fit_mixture_weight, history_windows, mix_logprobs
+from lm.checkpoint import NGRAM_FILE, ModelDirError, load_model_dir, load_weights
+from lm.kneser_ney import unique_rows
+from lm.ngram import (
+    NgramError, NgramModel, check_order, context_index, fit_mixture_weight, history_windows, mix_logprobs,
+)
 from lm.scorer import SentenceScorer
 from lm.tokenizer import TokenizerConfig
 from lm.launch import run
 from lm.metrics_log import kept_loss, read_metrics
+from pipeline.models import CHECKOUT_MODEL
 
 V, BOS, EOS = 12, 1, 2
 
@@ -33,10 +39,14 @@ def build(sentences: list[list[int]], order: int, min_count: int = 1) -> NgramMo
 
 
 class DictKneserNey:
-    """Interpolated modified Kneser-Ney written plainly with dictionaries: the reference."""
+    """Interpolated modified Kneser-Ney written plainly with dictionaries: the reference.
 
-    def __init__(self, sentences: list[list[int]], order: int):
-        self.order = order
+    With ``min_count`` > 1, n-grams of order 2 and up with fewer (adjusted) counts are dropped and their
+    mass goes to the back-off weight.
+    """
+
+    def __init__(self, sentences: list[list[int]], order: int, min_count: int = 1, vocab_size: int = V):
+        self.order, self.min_count, self.vocab_size = order, min_count, vocab_size
         raw = [defaultdict(int) for _ in range(order + 1)]
         for sentence in sentences:
             seq = [BOS, *sentence, EOS]
@@ -51,6 +61,10 @@ class DictKneserNey:
                 left[gram[1:]] += 1
             self.counts[k] = {g: (c if g[0] == BOS else left[g]) for g, c in raw[k].items()}
         self.discounts = [None] + [self.discount(self.counts[k]) for k in range(1, order + 1)]
+        self.followers = [defaultdict(dict) for _ in range(order + 1)]
+        for k in range(1, order + 1):
+            for gram, c in self.counts[k].items():
+                self.followers[k][gram[:-1]][gram[-1]] = c
 
     @staticmethod
     def discount(counts: dict) -> list[float]:
@@ -61,17 +75,16 @@ class DictKneserNey:
 
     def prob(self, history: list[int], word: int) -> float:
         history = [t for t in history if t >= 0][-(self.order - 1) :]
-        p = 1.0 / V
+        p = 1.0 / self.vocab_size
         for k in range(1, len(history) + 2):
             context = tuple(history[len(history) - (k - 1) :]) if k > 1 else ()
-            followers = {g[-1]: c for g, c in self.counts[k].items() if g[:-1] == context}
+            followers = self.followers[k].get(context)
             if not followers:
                 continue
-            total = sum(followers.values())
-            d = self.discounts[k]
-            gamma = sum(d[min(c, 3) - 1] for c in followers.values()) / total
-            c = followers.get(word, 0)
-            p = (max(c - d[min(c, 3) - 1], 0) if c else 0) / total + gamma * p
+            total, d = sum(followers.values()), self.discounts[k]
+            kept = {w: c for w, c in followers.items() if k == 1 or c >= self.min_count}
+            direct = {w: (c - d[min(c, 3) - 1]) / total for w, c in kept.items()}
+            p = direct.get(word, 0.0) + (1.0 - sum(direct.values())) * p
         return p
 
 
@@ -93,6 +106,34 @@ def test_every_next_token_distribution_sums_to_one(order, min_count):
     for history in HISTORIES:
         full = torch.tensor([-1] * (order - 1 - len(history)) + history)[-(order - 1) :]
         assert float(ngram.next_logprobs(full).exp().sum()) == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("order, min_count", [(4, 2), (5, 3)])
+def test_pruned_probabilities_equal_the_reference(order, min_count):
+    """Pruning leaves some contexts no n-grams of their own while longer ones keep theirs."""
+    sentences = random_sentences(6, count=300)
+    ngram, reference = build(sentences, order, min_count), DictKneserNey(sentences, order, min_count)
+    histories = [[-1] * (order - 1 - len(h)) + h for h in HISTORIES] + [s[:order - 1] for s in sentences[:20] if len(s) >= order - 1]
+    for history in histories:
+        expected = torch.tensor([reference.prob(history, w) for w in range(V)], dtype=torch.float64)
+        assert torch.allclose(ngram.next_logprobs(torch.tensor(history)).exp(), expected, atol=1e-6), history
+
+
+def test_orders_beyond_packed_keys_for_a_large_vocabulary():
+    """Order 5 over 8,000 tokens needs 65 bits to pack five ids; the context-index keys take any order."""
+    vocab, rng = 8000, random.Random(7)
+    phrases = [[rng.randrange(3, vocab) for _ in range(6)] for _ in range(5)]
+    sentences = [phrases[rng.randrange(5)][: rng.randint(2, 6)] + [rng.randrange(3, vocab)] for _ in range(200)]
+    flat = torch.tensor([t for s in sentences for t in s], dtype=torch.int64)
+    offsets = torch.tensor([0] + [len(s) for s in sentences]).cumsum(0)
+    ngram = NgramModel.build(flat, offsets, 5, vocab, BOS, EOS)
+    reference = DictKneserNey(sentences, 5, vocab_size=vocab)
+    pairs = [([BOS, *s][max(0, t - 3) : t + 1], ([*s, EOS])[t]) for s in sentences[:40] for t in range(len(s) + 1)]
+    pairs += [([BOS, *phrases[0][:3]], phrases[1][0]), ([9, 9, 9, 9], phrases[0][0])]
+    histories = torch.tensor([[-1] * (4 - len(h)) + h for h, _ in pairs])
+    expected = torch.tensor([math.log(reference.prob(h, w)) for h, w in pairs], dtype=torch.float64)
+    assert torch.allclose(ngram.logprobs(histories, torch.tensor([w for _, w in pairs])), expected, atol=1e-6)
+    assert float(ngram.next_logprobs(histories[5]).exp().sum()) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_batched_lookup_equals_the_next_token_distribution():
@@ -127,21 +168,23 @@ def test_pruning_drops_rare_ngrams_and_keeps_the_rest():
 def test_sentence_boundaries_are_not_crossed():
     ngram = build([[3, 4], [5, 6]], 3)
     # "4 </s> <s> 5" never happened: there is no trigram context (4, EOS)
-    context = torch.tensor([[4, EOS]])
-    assert not bool(torch.isin(pack_context(context, ngram.bits), ngram.tables["context_keys.3"]).any())
+    _, found = context_index(ngram.tables, ngram.bits, torch.tensor([[4, EOS], [3, 4]]))
+    assert found.tolist() == [False, True]
     assert ngram.next_logprobs(torch.tensor([BOS, 3]))[4] > ngram.next_logprobs(torch.tensor([BOS, 3]))[6]
 
 
-def pack_context(tokens: torch.Tensor, bits: int) -> torch.Tensor:
-    return (tokens[:, 0] << bits) | tokens[:, 1]
-
-
-def test_order_must_fit_the_key():
-    with pytest.raises(NgramError, match="order 5 is too high for a vocabulary of 8000"):
-        check_order(5, 8000)
+def test_order_must_be_at_least_two():
     with pytest.raises(NgramError, match="at least 2"):
-        check_order(1, 100)
-    check_order(4, 32000)
+        check_order(1)
+    check_order(7)
+
+
+@given(st.lists(st.lists(st.integers(0, 40), min_size=3, max_size=3), max_size=60))
+def test_unique_rows_equals_torch_unique_over_rows(rows):
+    rows = torch.tensor(rows, dtype=torch.int64).reshape(-1, 3)
+    expected = torch.unique(rows, dim=0, return_inverse=True, return_counts=True) if rows.shape[0] else (rows, rows[:, 0], rows[:, 0])
+    for got, want in zip(unique_rows(rows), expected):
+        assert torch.equal(got, want)
 
 
 def test_state_dict_round_trip():
@@ -152,6 +195,54 @@ def test_state_dict_round_trip():
     state = ngram.state_dict()
     del state["gram_keys.2"]
     with pytest.raises(NgramError, match="missing gram_keys.2"):
+        NgramModel.from_state_dict(state)
+
+
+def format_1_logprobs(state: dict, histories: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Scoring as format 1 did: every token of a context or n-gram packed into one key."""
+    order, vocab = int(state["order"]), int(state["vocab_size"])
+    bits = max(1, (vocab - 1).bit_length())
+
+    def find(name: str, values: str, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keys = state[name]
+        index = torch.searchsorted(keys, query).clamp(max=keys.numel() - 1)
+        found = keys[index] == query
+        return torch.where(found, state[values][index].double(), 0.0), found
+
+    p = torch.full(targets.shape, 1.0 / vocab, dtype=torch.float64)
+    for k in range(1, order + 1):
+        context = histories[:, histories.shape[1] - (k - 1) :]
+        key = torch.zeros(len(targets), dtype=torch.int64)
+        for j in range(k - 1):
+            key = (key << bits) | context[:, j].clamp(min=0)
+        backoff, known = find(f"context_keys.{k}", f"context_backoff.{k}", key)
+        direct, _ = find(f"gram_keys.{k}", f"gram_direct.{k}", (key << bits) | targets)
+        p = torch.where((context >= 0).all(dim=1) & known, direct + backoff * p, p)
+    return p.log()
+
+
+def test_format_1_tables_of_the_embedded_model_load_with_the_same_probabilities():
+    """Models trained before context-index keys (the embedded one among them) score as they did."""
+    state = load_weights(CHECKOUT_MODEL / NGRAM_FILE)
+    assert "key_format" not in state  # the embedded model's n-gram is format 1, pruned
+    ngram = NgramModel.from_state_dict(state)
+    generator = torch.Generator().manual_seed(0)
+    grams = state["gram_keys.4"][torch.randint(state["gram_keys.4"].numel(), (300,), generator=generator)]
+    mask = (1 << ngram.bits) - 1
+    seen = torch.stack([(grams >> (ngram.bits * (3 - j))) & mask for j in range(4)], dim=1)
+    unseen = torch.randint(3, ngram.vocab_size, (300, 4), generator=generator)
+    rows = torch.cat([seen, unseen, torch.cat([torch.full((300, 2), -1), unseen[:, 2:]], dim=1)])
+    histories, targets = rows[:, :3], rows[:, 3].clamp(min=0)
+    assert torch.allclose(ngram.logprobs(histories, targets), format_1_logprobs(state, histories, targets), atol=1e-12)
+    again = NgramModel.from_state_dict(ngram.state_dict())  # saved again, it is format 2
+    assert int(again.state_dict()["key_format"]) == 2
+    assert torch.equal(again.logprobs(histories, targets), ngram.logprobs(histories, targets))
+
+
+def test_unknown_key_format_is_refused():
+    state = build(random_sentences(5), 3).state_dict()
+    state["key_format"] = torch.tensor(9)
+    with pytest.raises(NgramError, match="key format 9"):
         NgramModel.from_state_dict(state)
 
 
