@@ -191,6 +191,11 @@ class NgramModel:
         missing = [name for name in names if name not in state]
         if missing:
             raise NgramError(f"n-gram tables incomplete (missing {', '.join(missing[:3])})")
+        for k in range(1, order + 1):
+            for keys, values in (("gram_keys", "gram_direct"), ("context_keys", "context_backoff")):
+                key, value = state[f"{keys}.{k}"], state[f"{values}.{k}"]
+                if key.dtype != torch.int64 or key.dim() != 1 or value.shape != key.shape:
+                    raise NgramError(f"n-gram tables {keys}.{k} and {values}.{k} do not match")
         if key_format == 1:
             return cls.from_terms(vocab_size, unpack_format_1(state, order, vocab_size))
         return cls(order, vocab_size, {name: state[name] for name in names})

@@ -1,23 +1,31 @@
 """Does a higher-order n-gram help the mixture? Count a trained model's n-gram again at other orders.
 
     python scripts/compare_ngram_orders.py exp/zh refs.txt --orders 2 3 4
+    python scripts/compare_ngram_orders.py exp/en refs.txt --orders 5 --write exp/en_5gram
 
 Needs the model directory's ``train/`` (the tokenised training and validation splits, which training
 keeps). For each order the Kneser-Ney n-gram is counted again over the training split, the mixture
 weight fitted on the validation split (as training fits it), and the mixture's perplexity measured on
 the sentences of ``refs.txt`` with the model's own network: per word for text with spaces, else per
-character. Nothing is written.
+character. Nothing is written unless ``--write OUT`` (one order): then OUT is a copy of the model
+directory, its ``backward/`` model too, with the n-gram of that order and the mixture weights fitted
+again (without ``weights.json``: tune it again).
+That is the model ``--ngram-order N`` would have given when training kept the same epoch (the n-gram is
+not part of training's loss; it only takes part in choosing the epoch to keep).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
-from lm.checkpoint import LanguageModel, load_model_dir
+from lm import atomic
+from lm.checkpoint import CONFIG_FILE, NGRAM_FILE, LanguageModel, load_model_dir
 from lm.data import TokenizedCorpus, collate, load_tokenized, tokenize_to_files
 from lm.ngram import NgramError, NgramModel, check_order, fit_mixture_weight, history_windows, mix_logprobs
 from lm.perplexity import PerplexityReport
@@ -43,11 +51,48 @@ def ngram_scores(ngram: NgramModel, batches: list) -> torch.Tensor:
     return torch.cat([ngram.logprobs(history_windows(x, ngram.history_width)[real], y) for x, real, y in batches])
 
 
+def fitted_ngram(lm: LanguageModel, train: TokenizedCorpus, valid_batches: list, valid_network: torch.Tensor,
+                 order: int) -> tuple[NgramModel, float]:
+    """The n-gram of ``order`` counted over ``train`` and the network's mixture weight fitted on validation."""
+    tok = lm.tokenizer
+    ngram = NgramModel.build(train.ids, train.offsets, order, tok.vocab_size, tok.bos_id, tok.eos_id,
+                             int(lm.config["ngram"].get("min_count", 1)))
+    return ngram, fit_mixture_weight(valid_network, ngram_scores(ngram, valid_batches))
+
+
+def write_with_order(model_dir: Path, out_dir: Path, order: int) -> None:
+    """Copy ``model_dir`` (and its ``backward/``) to ``out_dir`` with the n-gram counted again at ``order``."""
+    sources = [model_dir]
+    if (model_dir / "backward" / CONFIG_FILE).is_file():
+        sources.append(model_dir / "backward")
+    for source in sources:
+        target = out_dir / source.relative_to(model_dir)
+        lm = load_model_dir(source)
+        lm.model.eval()
+        train, valid = load_splits(source)
+        valid_batches, valid_network = network_scores(lm, valid)
+        ngram, weight = fitted_ngram(lm, train, valid_batches, valid_network, order)
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("backward", "train", "weights.json", NGRAM_FILE, CONFIG_FILE))
+        atomic.atomic_write_bytes(target / NGRAM_FILE, lambda f: torch.save(ngram.state_dict(), f))
+        config = json.loads((source / CONFIG_FILE).read_text(encoding="utf-8"))
+        config["ngram"].update(order=order, num_ngrams=ngram.num_ngrams, rnn_weight=weight)
+        atomic.atomic_write_json(target / CONFIG_FILE, config)
+        print(f"wrote {target}: {order}-gram, {ngram.num_ngrams:,} n-grams, network weight {weight:.3f}", flush=True)
+
+
+def load_splits(model_dir: Path) -> tuple[TokenizedCorpus, TokenizedCorpus]:
+    train, valid = (load_tokenized(model_dir / "train" / split) for split in ("train", "valid"))
+    if train is None or valid is None:
+        raise SystemExit(f"{model_dir / 'train'}: no tokenised training and validation splits")
+    return train, valid
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("text", type=Path, help="held-out sentences, one per line")
     parser.add_argument("--orders", type=int, nargs="+", default=[2, 3, 4])
+    parser.add_argument("--write", type=Path, metavar="OUT", help="write the model with the n-gram of the one order given")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -58,9 +103,9 @@ def main() -> None:
             check_order(order)
     except NgramError as error:
         raise SystemExit(str(error)) from None
-    train, valid = (load_tokenized(args.model / "train" / split) for split in ("train", "valid"))
-    if train is None or valid is None:
-        raise SystemExit(f"{args.model / 'train'}: no tokenised training and validation splits")
+    if args.write is not None and (len(args.orders) != 1 or args.write.exists() or lm.ngram is None):
+        raise SystemExit(f"--write {args.write}: needs one order, a model with an n-gram, and a new directory")
+    train, valid = load_splits(args.model)
     sentences = [line.strip() for line in args.text.read_text(encoding="utf-8").splitlines() if line.strip()]
     unit = "word" if any(" " in s for s in sentences) else "character"
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,14 +115,14 @@ def main() -> None:
     per_unit = lambda logprobs: PerplexityReport.of(sentences, float(logprobs.sum()), logprobs.numel()).ppl_text  # noqa: E731
     print(f"network alone: {per_unit(text_network):.2f} per {unit}")
 
-    tok = lm.tokenizer
     for order in args.orders:
-        ngram = NgramModel.build(train.ids, train.offsets, order, tok.vocab_size, tok.bos_id, tok.eos_id)
-        weight = fit_mixture_weight(valid_network, ngram_scores(ngram, valid_batches))
+        ngram, weight = fitted_ngram(lm, train, valid_batches, valid_network, order)
         text_ngram = ngram_scores(ngram, text_batches)
         mixture = mix_logprobs(text_network, text_ngram, weight)
         print(f"order {order}: {ngram.num_ngrams:,} n-grams, network weight {weight:.3f}; per {unit} "
               f"n-gram alone {per_unit(text_ngram):.2f}, mixture {per_unit(mixture):.2f}", flush=True)
+    if args.write is not None:
+        write_with_order(args.model, args.write, args.orders[0])
 
 
 if __name__ == "__main__":

@@ -239,10 +239,14 @@ def test_format_1_tables_of_the_embedded_model_load_with_the_same_probabilities(
     assert torch.equal(again.logprobs(histories, targets), ngram.logprobs(histories, targets))
 
 
-def test_unknown_key_format_is_refused():
+def test_unknown_key_format_and_mismatched_tables_are_refused():
     state = build(random_sentences(5), 3).state_dict()
     state["key_format"] = torch.tensor(9)
     with pytest.raises(NgramError, match="key format 9"):
+        NgramModel.from_state_dict(state)
+    state = build(random_sentences(5), 3).state_dict()
+    state["context_backoff.2"] = state["context_backoff.2"][:-1]
+    with pytest.raises(NgramError, match="context_keys.2 and context_backoff.2 do not match"):
         NgramModel.from_state_dict(state)
 
 
