@@ -23,7 +23,10 @@ from lm.tokenizer import Tokenizer, TokenizerError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# 2: ngram.pt's keys hold context indices (an older version would misread them, so it must refuse the
+# directory); directories of format 1 still load, their n-gram converted.
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.model"
 WEIGHTS_FILE = "model.pt"
@@ -149,8 +152,9 @@ def read_config(model_dir: Path) -> dict:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelDirError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(config, dict) or config.get("format_version") != FORMAT_VERSION:
-        raise ModelDirError(f"{path}: expected format_version {FORMAT_VERSION}")
+    if not isinstance(config, dict) or config.get("format_version") not in READABLE_FORMAT_VERSIONS:
+        found = config.get("format_version") if isinstance(config, dict) else None
+        raise ModelDirError(f"{path}: expected format_version 1 or 2, got {found!r} (written by a newer asr-rescore?)")
     try:
         config["model_config"] = ModelConfig(**config["model"])
     except (KeyError, TypeError, ValueError) as e:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from lm import atomic
-from lm.checkpoint import CONFIG_FILE, NGRAM_FILE, LanguageModel, load_model_dir
+from lm.checkpoint import CONFIG_FILE, FORMAT_VERSION, NGRAM_FILE, LanguageModel, load_model_dir
 from lm.data import TokenizedCorpus, collate, load_tokenized, tokenize_to_files
 from lm.ngram import NgramError, NgramModel, check_order, fit_mixture_weight, history_windows, mix_logprobs
 from lm.perplexity import PerplexityReport
@@ -76,6 +76,7 @@ def write_with_order(model_dir: Path, out_dir: Path, order: int) -> None:
         atomic.atomic_write_bytes(target / NGRAM_FILE, lambda f: torch.save(ngram.state_dict(), f))
         config = json.loads((source / CONFIG_FILE).read_text(encoding="utf-8"))
         config["ngram"].update(order=order, num_ngrams=ngram.num_ngrams, rnn_weight=weight)
+        config["format_version"] = FORMAT_VERSION  # the n-gram's keys are this version's
         atomic.atomic_write_json(target / CONFIG_FILE, config)
         print(f"wrote {target}: {order}-gram, {ngram.num_ngrams:,} n-grams, network weight {weight:.3f}", flush=True)
 

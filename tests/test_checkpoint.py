@@ -63,7 +63,7 @@ def test_tied_weights_are_stored_once(model_dir):
 
 def test_config_records_model_and_tokenizer(model_dir, tokenizer):
     config = json.loads((model_dir / CONFIG_FILE).read_text())
-    assert config["format_version"] == 1
+    assert config["format_version"] == 2
     assert config["model"]["vocab_size"] == tokenizer.vocab_size
     ids = {"vocab_size": tokenizer.vocab_size, "pad_id": 0, "unk_id": 1, "bos_id": 2, "eos_id": 3}
     assert config["tokenizer_ids"] == ids
@@ -116,7 +116,7 @@ def test_unknown_format_version_is_refused(model_dir):
     config = json.loads((model_dir / CONFIG_FILE).read_text())
     config["format_version"] = 99
     (model_dir / CONFIG_FILE).write_text(json.dumps(config))
-    with pytest.raises(ModelDirError, match="config.json: expected format_version 1"):
+    with pytest.raises(ModelDirError, match="config.json: expected format_version 1 or 2, got 99"):
         load_model_dir(model_dir)
 
 

@@ -234,6 +234,8 @@ def test_format_1_tables_of_the_embedded_model_load_with_the_same_probabilities(
     rows = torch.cat([seen, unseen, torch.cat([torch.full((300, 2), -1), unseen[:, 2:]], dim=1)])
     histories, targets = rows[:, :3], rows[:, 3].clamp(min=0)
     assert torch.allclose(ngram.logprobs(histories, targets), format_1_logprobs(state, histories, targets), atol=1e-12)
+    assert json.loads((CHECKOUT_MODEL / "config.json").read_text())["format_version"] == 1
+    assert load_model_dir(CHECKOUT_MODEL).ngram.num_ngrams == ngram.num_ngrams  # the directory of format 1 loads
     again = NgramModel.from_state_dict(ngram.state_dict())  # saved again, it is format 2
     assert int(again.state_dict()["key_format"]) == 2
     assert torch.equal(again.logprobs(histories, targets), ngram.logprobs(histories, targets))
