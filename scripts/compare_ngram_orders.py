@@ -56,17 +56,22 @@ def fitted_ngram(lm: LanguageModel, train: TokenizedCorpus, valid_batches: list,
     """The n-gram of ``order`` counted over ``train`` and the network's mixture weight fitted on validation."""
     tok = lm.tokenizer
     ngram = NgramModel.build(train.ids, train.offsets, order, tok.vocab_size, tok.bos_id, tok.eos_id,
-                             int(lm.config["ngram"].get("min_count", 1)))
+                             int((lm.config.get("ngram") or {}).get("min_count", 1)))
     return ngram, fit_mixture_weight(valid_network, ngram_scores(ngram, valid_batches))
 
 
 def write_with_order(model_dir: Path, out_dir: Path, order: int) -> None:
-    """Copy ``model_dir`` (and its ``backward/``) to ``out_dir`` with the n-gram counted again at ``order``."""
+    """Copy ``model_dir`` (and its ``backward/``) to ``out_dir`` with the n-gram counted again at ``order``.
+
+    Written under a ``.partial`` name and renamed when complete, so ``out_dir`` is never half a model.
+    """
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
     sources = [model_dir]
     if (model_dir / "backward" / CONFIG_FILE).is_file():
         sources.append(model_dir / "backward")
     for source in sources:
-        target = out_dir / source.relative_to(model_dir)
+        target = partial / source.relative_to(model_dir)
         lm = load_model_dir(source)
         lm.model.eval()
         train, valid = load_splits(source)
@@ -78,7 +83,9 @@ def write_with_order(model_dir: Path, out_dir: Path, order: int) -> None:
         config["ngram"].update(order=order, num_ngrams=ngram.num_ngrams, rnn_weight=weight)
         config["format_version"] = FORMAT_VERSION  # the n-gram's keys are this version's
         atomic.atomic_write_json(target / CONFIG_FILE, config)
-        print(f"wrote {target}: {order}-gram, {ngram.num_ngrams:,} n-grams, network weight {weight:.3f}", flush=True)
+        print(f"{source}: {order}-gram, {ngram.num_ngrams:,} n-grams, network weight {weight:.3f}", flush=True)
+    partial.rename(out_dir)
+    print(f"wrote {out_dir}")
 
 
 def load_splits(model_dir: Path) -> tuple[TokenizedCorpus, TokenizedCorpus]:
