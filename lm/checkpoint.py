@@ -154,7 +154,8 @@ def read_config(model_dir: Path) -> dict:
         raise ModelDirError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(config, dict) or config.get("format_version") not in READABLE_FORMAT_VERSIONS:
         found = config.get("format_version") if isinstance(config, dict) else None
-        raise ModelDirError(f"{path}: expected format_version 1 or 2, got {found!r} (written by a newer asr-rescore?)")
+        readable = " or ".join(str(v) for v in READABLE_FORMAT_VERSIONS)
+        raise ModelDirError(f"{path}: expected format_version {readable}, got {found!r} (written by a newer asr-rescore?)")
     try:
         config["model_config"] = ModelConfig(**config["model"])
     except (KeyError, TypeError, ValueError) as e:

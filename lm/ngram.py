@@ -50,12 +50,16 @@ def position_of(keys: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, 
     return index, keys[index] == query
 
 
+def values_where(values: torch.Tensor, index: torch.Tensor, found: torch.Tensor) -> torch.Tensor:
+    """``values[index]`` where ``found``, else 0 (``values`` may be empty, when nothing is found)."""
+    if values.numel() == 0:
+        return torch.zeros(index.shape, dtype=values.dtype)
+    return torch.where(found, values[index], torch.zeros((), dtype=values.dtype))
+
+
 def value_at(keys: torch.Tensor, values: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
     """``values`` at ``query`` in the sorted ``keys``, 0 where a query is not there."""
-    index, found = position_of(keys, query)
-    if keys.numel() == 0:
-        return torch.zeros(query.shape, dtype=values.dtype)
-    return torch.where(found, values[index], torch.zeros((), dtype=values.dtype))
+    return values_where(values, *position_of(keys, query))
 
 
 def walk_contexts(
@@ -155,8 +159,7 @@ class NgramModel:
         histories = histories[:, histories.shape[1] - self.history_width :]
         p = torch.full(targets.shape, 1.0 / self.vocab_size, dtype=torch.float64)
         for k, index, found in walk_contexts(self.tables, self.bits, histories):
-            weights = self.tables[f"context_backoff.{k}"]
-            backoff = weights[index] if weights.numel() else torch.zeros(index.shape, dtype=weights.dtype)
+            backoff = values_where(self.tables[f"context_backoff.{k}"], index, found)
             direct = value_at(self.tables[f"gram_keys.{k}"], self.tables[f"gram_direct.{k}"], (index << self.bits) | targets)
             p = torch.where(found, direct + backoff * p, p)
         return p.log()
@@ -235,8 +238,8 @@ def unpack_format_1(state: dict[str, torch.Tensor], order: int, vocab_size: int)
         raise NgramError(f"n-gram order {order} cannot be held in format-1 keys for a vocabulary of {vocab_size}")
 
     def rows(keys: torch.Tensor, width: int) -> torch.Tensor:
-        shifts = [bits * (width - 1 - j) for j in range(width)]
-        return torch.stack([(keys >> shift) & ((1 << bits) - 1) for shift in shifts], dim=1) if width else keys[:, None][:, :0]
+        shifts = bits * torch.arange(width - 1, -1, -1, dtype=torch.int64)  # the oldest token in the highest bits
+        return (keys[:, None] >> shifts) & ((1 << bits) - 1)
 
     return [
         OrderTerms(rows(state[f"gram_keys.{k}"], k), state[f"gram_direct.{k}"],

@@ -60,23 +60,27 @@ def fitted_ngram(lm: LanguageModel, train: TokenizedCorpus, valid_batches: list,
     return ngram, fit_mixture_weight(valid_network, ngram_scores(ngram, valid_batches))
 
 
-def write_with_order(model_dir: Path, out_dir: Path, order: int) -> None:
+def refit_ngram(model_dir: Path, order: int) -> tuple[NgramModel, float]:
+    """The n-gram of ``order`` and its mixture weight for the model in ``model_dir`` (from its ``train/``)."""
+    lm = load_model_dir(model_dir)
+    train, valid = load_splits(model_dir)
+    valid_batches, valid_network = network_scores(lm, valid)
+    return fitted_ngram(lm, train, valid_batches, valid_network, order)
+
+
+def write_with_order(model_dir: Path, out_dir: Path, order: int, forward: tuple[NgramModel, float]) -> None:
     """Copy ``model_dir`` (and its ``backward/``) to ``out_dir`` with the n-gram counted again at ``order``.
 
-    Written under a ``.partial`` name and renamed when complete, so ``out_dir`` is never half a model.
+    ``forward`` is the forward model's n-gram and weight, already fitted; the backward model's are fitted
+    here. Written under a ``.partial`` name and renamed when complete, so ``out_dir`` is never half a model.
     """
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    sources = [model_dir]
+    fitted = {model_dir: forward}
     if (model_dir / "backward" / CONFIG_FILE).is_file():
-        sources.append(model_dir / "backward")
-    for source in sources:
+        fitted[model_dir / "backward"] = refit_ngram(model_dir / "backward", order)
+    for source, (ngram, weight) in fitted.items():
         target = partial / source.relative_to(model_dir)
-        lm = load_model_dir(source)
-        lm.model.eval()
-        train, valid = load_splits(source)
-        valid_batches, valid_network = network_scores(lm, valid)
-        ngram, weight = fitted_ngram(lm, train, valid_batches, valid_network, order)
         shutil.copytree(source, target, ignore=shutil.ignore_patterns("backward", "train", "weights.json", NGRAM_FILE, CONFIG_FILE))
         atomic.atomic_write_bytes(target / NGRAM_FILE, lambda f: torch.save(ngram.state_dict(), f))
         config = json.loads((source / CONFIG_FILE).read_text(encoding="utf-8"))
@@ -105,7 +109,6 @@ def main() -> None:
     torch.set_num_threads(1)
 
     lm = load_model_dir(args.model)
-    lm.model.eval()
     try:
         for order in args.orders:
             check_order(order)
@@ -129,8 +132,8 @@ def main() -> None:
         mixture = mix_logprobs(text_network, text_ngram, weight)
         print(f"order {order}: {ngram.num_ngrams:,} n-grams, network weight {weight:.3f}; per {unit} "
               f"n-gram alone {per_unit(text_ngram):.2f}, mixture {per_unit(mixture):.2f}", flush=True)
-    if args.write is not None:
-        write_with_order(args.model, args.write, args.orders[0])
+    if args.write is not None:  # --write takes one order: the loop's last n-gram is the one to write
+        write_with_order(args.model, args.write, args.orders[0], (ngram, weight))
 
 
 if __name__ == "__main__":
