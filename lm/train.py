@@ -56,6 +56,8 @@ from lm.validation import Validation, validate
 __all__ = ["TrainConfig", "TrainState", "TrainingError", "build_session", "train_model"]
 
 log = logging.getLogger(__name__)
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")  # where torch.optim.AdamW(fused=True) runs
+
 
 def compute_loss(session: Session, batch: torch.Tensor, train: bool) -> tuple[torch.Tensor, int]:
     """Summed NLL (nats) and token count of one batch of sentence indices."""
@@ -264,7 +266,7 @@ def build_session(
         model = RnnLanguageModel(model_config)
         model.init_output_bias(data.train.target_counts(model_config.vocab_size, data.tokenizer.eos_id))
         model = model.to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = make_optimizer(model, config, device)
         average = make_average(model, config.average_power) if config.average_power else None
         return Session(
             model=model, optimizer=optimizer, tokenizer=data.tokenizer, train_corpus=data.train,
@@ -284,6 +286,13 @@ def build_session(
     if note and world.is_main:
         log.info(note)
     return new_session(model_settings)
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW, fused into one kernel where torch has one (CPU and CUDA): the same update, and on a 2-core CPU
+    it takes 6 ms of a 300 ms zh-rmrb step instead of 20 (``scripts/bench_train.py --optimizers``)."""
+    fused = True if device.type in FUSED_ADAMW_DEVICES else None
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
 
 def build_ngram(corpus: TokenizedCorpus, tokenizer: Tokenizer, config: TrainConfig) -> NgramModel | None:

@@ -3,6 +3,8 @@
     python scripts/bench_train.py                  # CPU fp32 vs bf16 autocast, 1 and 2 threads; CUDA if available
     python scripts/bench_train.py --batch-tokens 16384 --devices cuda
     python scripts/bench_train.py --hidden-dim 512 384 256 --threads 1 --precisions fp32   # model sizes
+    python scripts/bench_train.py --threads 1 --precisions fp32 --batch-tokens 512 --length 17 \
+        --dropout 0.44 --weight-dropout 0.12 --variants current unfused-adamw bernoulli-masks before
 
 Each configuration runs a few warm-up steps, then times full training steps (forward, backward,
 clipping, AdamW) on random sentences of realistic lengths; the ratios to the first row are printed.
@@ -11,9 +13,12 @@ clipping, AdamW) on random sentences of realistic lengths; the ratios to the fir
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
+from unittest import mock
 
 import torch
+import torch.nn.functional as F
 
 from lm.device import cpu_trains_in_bf16
 from lm.model import ModelConfig, RnnLanguageModel
@@ -26,11 +31,28 @@ def random_batch(batch_tokens: int, vocab: int, length: int, device: torch.devic
     return x, y, torch.full((rows,), length, device=device)
 
 
-def tokens_per_second(model_config: ModelConfig, device: torch.device, bf16: bool, args) -> float:
+# Earlier implementations of a training step's parts, timed beside the current ones.
+VARIANTS = {
+    "current": {"fused": True, "bernoulli": False},
+    "unfused-adamw": {"fused": False, "bernoulli": False},  # AdamW's per-parameter loop
+    "bernoulli-masks": {"fused": True, "bernoulli": True},  # DropConnect masks from F.dropout
+    "before": {"fused": False, "bernoulli": True},  # both, as training ran before
+}
+
+
+def tokens_per_second(model_config: ModelConfig, device: torch.device, bf16: bool, args, variant: str) -> float:
     torch.manual_seed(0)
     model = RnnLanguageModel(model_config).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x, y, lengths = random_batch(args.batch_tokens, model_config.vocab_size, args.length, device)
+    fused = VARIANTS[variant]["fused"] and device.type in ("cpu", "cuda")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=fused or None)
+    masks = mock.patch("lm.model.drop_connect", F.dropout) if VARIANTS[variant]["bernoulli"] else contextlib.nullcontext()
+    with masks:
+        return timed_steps(model, optimizer, device, bf16, args)
+
+
+def timed_steps(model: RnnLanguageModel, optimizer: torch.optim.Optimizer, device: torch.device, bf16: bool,
+                args) -> float:
+    x, y, lengths = random_batch(args.batch_tokens, model.config.vocab_size, args.length, device)
     times = []
     for step in range(args.warmup + args.steps):
         if device.type == "cuda":
@@ -63,6 +85,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"])
     parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    parser.add_argument("--dropout", type=float, default=ModelConfig.dropout)
+    parser.add_argument("--weight-dropout", type=float, default=ModelConfig.weight_dropout)
+    parser.add_argument("--embedding-dropout", type=float, default=ModelConfig.embedding_dropout)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["current"],
+                        help="the current training step and earlier implementations of its parts")
     args = parser.parse_args()
 
     sizes = ", ".join(f"{args.num_layers}x{hidden}" for hidden in args.hidden_dim)
@@ -73,13 +100,14 @@ def main() -> None:
     rows = []
     for hidden in args.hidden_dim:
         config = ModelConfig(vocab_size=args.vocab, embedding_dim=args.embedding_dim, hidden_dim=hidden,
-                             num_layers=args.num_layers)
+                             num_layers=args.num_layers, dropout=args.dropout, weight_dropout=args.weight_dropout,
+                             embedding_dropout=args.embedding_dropout)
         label = f"{args.num_layers}x{hidden} " if len(args.hidden_dim) > 1 else ""
         rows += measure_size(config, devices, args, label)
     base = rows[0][1]
-    print(f"{'configuration':44} {'tokens/s':>10} {'ratio':>7}")
+    print(f"{'configuration':60} {'tokens/s':>10} {'ratio':>7}")
     for name, speed in rows:
-        print(f"{name:44} {speed:10,.0f} {speed / base:7.2f}")
+        print(f"{name:60} {speed:10,.0f} {speed / base:7.2f}")
 
 
 def measure_size(config: ModelConfig, devices: list[str], args, label: str) -> list[tuple[str, float]]:
@@ -95,7 +123,9 @@ def measure_size(config: ModelConfig, devices: list[str], args, label: str) -> l
                 if bf16 and device.type == "cpu" and not cpu_trains_in_bf16(config.cell):
                     print(f"{name}: not supported here (no bfloat16 kernel for the cell on this CPU)")
                     continue
-                rows.append((name, tokens_per_second(config, device, bf16, args)))
+                for variant in args.variants:
+                    suffix = f" {variant}" if len(args.variants) > 1 else ""
+                    rows.append((name + suffix, tokens_per_second(config, device, bf16, args, variant)))
     return rows
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lm.model import CELLS, ModelConfig, RnnLanguageModel, concat_states, locked_dropout, select_state, zero_state
+from lm.model import (
+    CELLS, ModelConfig, RnnLanguageModel, concat_states, drop_connect, locked_dropout, select_state, zero_state,
+)
 
 BOS, EOS, PAD = 2, 3, 0
 
@@ -207,6 +209,16 @@ def test_embedding_dropout_removes_every_occurrence_of_a_dropped_type():
         assert zero[x == token].all() or not zero[x == token].any()
     assert zero.any() and not zero.all()
     assert torch.equal(model.eval().embed(x), model.input_embedding(x))
+
+
+def test_drop_connect_zeroes_the_given_share_and_rescales_the_rest():
+    torch.manual_seed(0)
+    weight = torch.rand(400, 500) + 0.5  # no zeros of its own
+    dropped = drop_connect(weight, 0.3)
+    kept = dropped != 0
+    assert abs(1 - kept.float().mean().item() - 0.3) < 0.005  # 200,000 draws: 5 standard deviations
+    assert torch.allclose(dropped[kept], weight[kept] / 0.7)
+    assert abs(dropped.mean().item() / weight.mean().item() - 1) < 0.01  # the expected weight is unchanged
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
