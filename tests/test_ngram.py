@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import CORPUS, TINY_MODEL, tiny_train_config, write_lines
+from conftest import CORPUS, TINY_MODEL, make_random_model_dir, tiny_train_config, write_lines
 from lm.checkpoint import NGRAM_FILE, ModelDirError, load_model_dir, load_weights
 from lm.kneser_ney import unique_rows
 from lm.ngram import (
@@ -22,7 +24,6 @@ from lm.scorer import SentenceScorer
 from lm.tokenizer import TokenizerConfig
 from lm.launch import run
 from lm.metrics_log import kept_loss, read_metrics
-from pipeline.models import CHECKOUT_MODEL
 
 V, BOS, EOS = 12, 1, 2
 
@@ -221,10 +222,16 @@ def format_1_logprobs(state: dict, histories: torch.Tensor, targets: torch.Tenso
     return p.log()
 
 
-def test_format_1_tables_of_the_embedded_model_load_with_the_same_probabilities():
+# Tables of format 1 written by lm/ngram.py as it was at commit cf6e66c: a 4-gram over a 116-piece vocabulary (the test tokenizer's)
+# (<s> 2, </s> 3) counted with min_count 2 from 600 random sentences of Zipf-distributed pieces 4-115,
+# so pruning left 4-gram contexts whose shorter suffix context is absent.
+FORMAT_1_FILE = Path(__file__).parent / "data" / "ngram_format1.pt"
+
+
+def test_format_1_tables_load_with_the_same_probabilities():
     """Models trained before context-index keys (the embedded one among them) score as they did."""
-    state = load_weights(CHECKOUT_MODEL / NGRAM_FILE)
-    assert "key_format" not in state  # the embedded model's n-gram is format 1, pruned
+    state = load_weights(FORMAT_1_FILE)
+    assert "key_format" not in state
     ngram = NgramModel.from_state_dict(state)
     generator = torch.Generator().manual_seed(0)
     grams = state["gram_keys.4"][torch.randint(state["gram_keys.4"].numel(), (300,), generator=generator)]
@@ -234,11 +241,20 @@ def test_format_1_tables_of_the_embedded_model_load_with_the_same_probabilities(
     rows = torch.cat([seen, unseen, torch.cat([torch.full((300, 2), -1), unseen[:, 2:]], dim=1)])
     histories, targets = rows[:, :3], rows[:, 3].clamp(min=0)
     assert torch.allclose(ngram.logprobs(histories, targets), format_1_logprobs(state, histories, targets), atol=1e-12)
-    assert json.loads((CHECKOUT_MODEL / "config.json").read_text())["format_version"] == 1
-    assert load_model_dir(CHECKOUT_MODEL).ngram.num_ngrams == ngram.num_ngrams  # the directory of format 1 loads
     again = NgramModel.from_state_dict(ngram.state_dict())  # saved again, it is format 2
     assert int(again.state_dict()["key_format"]) == 2
     assert torch.equal(again.logprobs(histories, targets), ngram.logprobs(histories, targets))
+
+
+def test_a_model_directory_of_format_1_loads_its_n_gram(tmp_path, tokenizer):
+    model_dir = make_random_model_dir(tmp_path / "m", tokenizer, ngram_order=4)
+    shutil.copyfile(FORMAT_1_FILE, model_dir / NGRAM_FILE)
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "format_version": 1}))
+    loaded = load_model_dir(model_dir).ngram
+    expected = NgramModel.from_state_dict(load_weights(FORMAT_1_FILE))
+    histories, targets = torch.tensor([[-1, -1, 2], [5, 4, 4], [30, 7, 4]]), torch.tensor([4, 5, 3])
+    assert torch.equal(loaded.logprobs(histories, targets), expected.logprobs(histories, targets))
 
 
 def test_unknown_key_format_and_mismatched_tables_are_refused():
