@@ -290,7 +290,7 @@ def build_session(
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW, fused into one kernel where torch has one (CPU and CUDA): the same update, and on a 2-core CPU
-    it takes 6 ms of a 300 ms zh-rmrb step instead of 20 (``scripts/bench_train.py --optimizers``)."""
+    it takes 6 ms of a 300 ms zh-rmrb step instead of 20 (``scripts/bench_train.py --variants``)."""
     fused = True if device.type in FUSED_ADAMW_DEVICES else None
     return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 

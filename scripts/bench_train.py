@@ -4,7 +4,8 @@
     python scripts/bench_train.py --batch-tokens 16384 --devices cuda
     python scripts/bench_train.py --hidden-dim 512 384 256 --threads 1 --precisions fp32   # model sizes
     python scripts/bench_train.py --threads 1 --precisions fp32 --batch-tokens 512 --length 17 \
-        --dropout 0.44 --weight-dropout 0.12 --variants current unfused-adamw bernoulli-masks before
+        --dropout 0.44 --weight-dropout 0.12 --embedding-dropout 0.04 \
+        --variants current unfused-adamw bernoulli-masks before
 
 Each configuration runs a few warm-up steps, then times full training steps (forward, backward,
 clipping, AdamW) on random sentences of realistic lengths; the ratios to the first row are printed.
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 
 from lm.device import cpu_trains_in_bf16
 from lm.model import ModelConfig, RnnLanguageModel
+from lm.train import FUSED_ADAMW_DEVICES
 
 
 def random_batch(batch_tokens: int, vocab: int, length: int, device: torch.device):
@@ -43,9 +45,10 @@ VARIANTS = {
 def tokens_per_second(model_config: ModelConfig, device: torch.device, bf16: bool, args, variant: str) -> float:
     torch.manual_seed(0)
     model = RnnLanguageModel(model_config).to(device).train()
-    fused = VARIANTS[variant]["fused"] and device.type in ("cpu", "cuda")
+    fused = VARIANTS[variant]["fused"] and device.type in FUSED_ADAMW_DEVICES
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=fused or None)
-    masks = mock.patch("lm.model.drop_connect", F.dropout) if VARIANTS[variant]["bernoulli"] else contextlib.nullcontext()
+    bernoulli = VARIANTS[variant]["bernoulli"]
+    masks = mock.patch("lm.model.drop_connect", F.dropout) if bernoulli else contextlib.nullcontext()
     with masks:
         return timed_steps(model, optimizer, device, bf16, args)
 

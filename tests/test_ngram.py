@@ -222,9 +222,9 @@ def format_1_logprobs(state: dict, histories: torch.Tensor, targets: torch.Tenso
     return p.log()
 
 
-# Tables of format 1 written by lm/ngram.py as it was at commit cf6e66c: a 4-gram over a 116-piece vocabulary (the test tokenizer's)
-# (<s> 2, </s> 3) counted with min_count 2 from 600 random sentences of Zipf-distributed pieces 4-115,
-# so pruning left 4-gram contexts whose shorter suffix context is absent.
+# Tables of format 1 written by lm/ngram.py as it was at commit cf6e66c: a 4-gram over a 116-piece
+# vocabulary (the test tokenizer's; <s> 2, </s> 3) counted with min_count 2 from 600 random sentences of
+# Zipf-distributed pieces 4-115, so pruning left 4-gram contexts whose shorter suffix context is absent.
 FORMAT_1_FILE = Path(__file__).parent / "data" / "ngram_format1.pt"
 
 
