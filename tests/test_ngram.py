@@ -229,7 +229,7 @@ FORMAT_1_FILE = Path(__file__).parent / "data" / "ngram_format1.pt"
 
 
 def test_format_1_tables_load_with_the_same_probabilities():
-    """Models trained before context-index keys (the embedded one among them) score as they did."""
+    """Models trained before context-index keys (the previous embedded one among them) score as they did."""
     state = load_weights(FORMAT_1_FILE)
     assert "key_format" not in state
     ngram = NgramModel.from_state_dict(state)
