@@ -11,19 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
+from compare_search import cli  # scripts/ is on the path when a script runs
+
 EMPTY_BELOW_BEST = 30.0  # nats below the list's best first-pass score
-
-
-def cli(*args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True)
-    if result.returncode:
-        sys.exit(result.stderr)
-    return result.stdout
 
 
 def with_empty_hypothesis(dev: Path, out: Path) -> None:
