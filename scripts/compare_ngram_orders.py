@@ -17,15 +17,13 @@ not part of training's loss; it only takes part in choosing the epoch to keep).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
-from lm import atomic
-from lm.checkpoint import CONFIG_FILE, FORMAT_VERSION, NGRAM_FILE, LanguageModel, load_model_dir
+from lm.checkpoint import CONFIG_FILE, LanguageModel, load_model_dir, replace_ngram
 from lm.data import TokenizedCorpus, collate, load_tokenized, tokenize_to_files
 from lm.ngram import NgramError, NgramModel, check_order, fit_mixture_weight, history_windows, mix_logprobs
 from lm.perplexity import PerplexityReport
@@ -81,12 +79,8 @@ def write_with_order(model_dir: Path, out_dir: Path, order: int, forward: tuple[
         fitted[model_dir / "backward"] = refit_ngram(model_dir / "backward", order)
     for source, (ngram, weight) in fitted.items():
         target = partial / source.relative_to(model_dir)
-        shutil.copytree(source, target, ignore=shutil.ignore_patterns("backward", "train", "weights.json", NGRAM_FILE, CONFIG_FILE))
-        atomic.atomic_write_bytes(target / NGRAM_FILE, lambda f: torch.save(ngram.state_dict(), f))
-        config = json.loads((source / CONFIG_FILE).read_text(encoding="utf-8"))
-        config["ngram"].update(order=order, num_ngrams=ngram.num_ngrams, rnn_weight=weight)
-        config["format_version"] = FORMAT_VERSION  # the n-gram's keys are this version's
-        atomic.atomic_write_json(target / CONFIG_FILE, config)
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("backward", "train", "weights.json"))
+        replace_ngram(target, ngram, weight)
         print(f"{source}: {order}-gram, {ngram.num_ngrams:,} n-grams, network weight {weight:.3f}", flush=True)
     partial.rename(out_dir)
     print(f"wrote {out_dir}")

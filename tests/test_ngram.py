@@ -14,8 +14,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import CORPUS, TINY_MODEL, make_random_model_dir, tiny_train_config, write_lines
-from lm.checkpoint import NGRAM_FILE, ModelDirError, load_model_dir, load_weights
+from conftest import CORPUS, TINY_MODEL, count_ngram, make_random_model_dir, tiny_train_config, write_lines
+from lm.checkpoint import NGRAM_FILE, ModelDirError, load_model_dir, load_weights, replace_ngram
 from lm.kneser_ney import unique_rows
 from lm.ngram import (
     NgramError, NgramModel, check_order, context_index, fit_mixture_weight, history_windows, mix_logprobs,
@@ -255,6 +255,23 @@ def test_a_model_directory_of_format_1_loads_its_n_gram(tmp_path, tokenizer):
     expected = NgramModel.from_state_dict(load_weights(FORMAT_1_FILE))
     histories, targets = torch.tensor([[-1, -1, 2], [5, 4, 4], [30, 7, 4]]), torch.tensor([4, 5, 3])
     assert torch.equal(loaded.logprobs(histories, targets), expected.logprobs(histories, targets))
+
+
+def test_replace_ngram_swaps_the_n_gram_of_a_format_1_directory_and_keeps_the_network(tmp_path, tokenizer):
+    """compare_ngram_orders --write: the new tables load as this version's, the weights keep their bytes."""
+    model_dir = make_random_model_dir(tmp_path / "m", tokenizer, ngram_order=4)
+    shutil.copyfile(FORMAT_1_FILE, model_dir / NGRAM_FILE)
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "format_version": 1}))
+    weights = (model_dir / "model.pt").read_bytes()
+    trigram = count_ngram(tokenizer, CORPUS, 3)
+    replace_ngram(model_dir, trigram, 0.35)
+    loaded = load_model_dir(model_dir)
+    assert loaded.config["format_version"] == 2 and loaded.rnn_weight == 0.35
+    assert loaded.config["ngram"]["order"] == 3 and loaded.config["ngram"]["num_ngrams"] == trigram.num_ngrams
+    histories, targets = torch.tensor([[-1, 2], [5, 4], [30, 7]]), torch.tensor([4, 5, 3])
+    assert torch.equal(loaded.ngram.logprobs(histories, targets), trigram.logprobs(histories, targets))
+    assert (model_dir / "model.pt").read_bytes() == weights
 
 
 def test_unknown_key_format_and_mismatched_tables_are_refused():
