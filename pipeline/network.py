@@ -164,6 +164,27 @@ def oracle_errors(network: Network, reference: Sequence[str]) -> int:
     return best[-1]
 
 
+def best_path_to(network: Network, units: Sequence[str], search: SearchWeights) -> tuple[float, float, list[Label]] | None:
+    """The path that spells ``units`` with the highest ``search.path_total``: (arc log posterior, first-pass
+    estimate, labels), or None when no path spells them. A dynamic programme over the slots whose state is
+    the number of units spelled so far; exact, as in :func:`oracle_errors`."""
+    states: dict[int, tuple[float, float, float, list[Label]]] = {0: (0.0, 0.0, network.base, [])}
+    for slot, shares in zip(network.slots, network.shares or [{}] * len(network.slots)):
+        following: dict[int, tuple[float, float, float, list[Label]]] = {}
+        for done, (_, logpost, first_pass, labels) in states.items():
+            for label, posterior in slot.items():
+                end = done + len(label)
+                if tuple(units[done:end]) != label:
+                    continue
+                step = (logpost + math.log(posterior), first_pass + shares.get(label, 0.0))
+                total = search.path_total(*step)
+                if end not in following or total > following[end][0]:
+                    following[end] = (total, *step, [*labels, label])
+        states = following
+    found = states.get(len(units))
+    return None if found is None else found[1:]
+
+
 def arc_row(best: list[int], label: Label, reference: Sequence[str]) -> list[int]:
     """The fewest errors with j reference units matched after an arc's units, for each j, from ``best``
     before them: the arc's rows of an edit-distance table whose first row is ``best``."""

@@ -7,13 +7,16 @@ import json
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.metrics import edit_counts
-from pipeline.network import best_paths, build_network, join_units, network_candidates, oracle_errors, path_logpost
+from pipeline.network import (
+    SearchWeights, best_path_to, best_paths, build_network, join_units, network_candidates, oracle_errors,
+    path_first_pass, path_logpost,
+)
 from pipeline.rescore import Rescorer, Weights
 from pipeline.tune_network import FIRST_PASS_CANDIDATES
 from pipeline.weights import NETWORK_DEFAULTS
@@ -81,6 +84,28 @@ def test_network_oracle_equals_the_best_of_every_path(hyps, reference):
                  for labels in itertools.product(*[list(slot) for slot in network.slots]))
     assert oracle_errors(network, reference) == fewest
     assert fewest <= min(edit_counts(reference, hyp).errors for hyp in hyps)  # every input is a path
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.sampled_from("ab"), max_size=4), min_size=1, max_size=4),
+       st.lists(st.sampled_from("ab"), max_size=4), st.floats(0, 2), st.floats(0, 2))
+@example([list("baba"), []], list("ba"), 1.0, 1.0)  # three paths spell "ba"
+def test_the_best_path_to_a_text_is_the_best_of_every_path_that_spells_it(hyps, text, arc_weight, first_pass_weight):
+    """scripts/error_sources.py scores a reference by its best path: that must be the best of all its paths
+    (gap slots and empty arcs let several paths spell one text), and None exactly when none spells it."""
+    network = build_network(hyps, [-0.7 * i for i in range(len(hyps))], temperature=1.0)
+    search = SearchWeights(arc_weight=arc_weight, first_pass_weight=first_pass_weight)
+    spelling = [labels for labels in itertools.product(*[list(slot) for slot in network.slots])
+                if [u for label in labels for u in label] == text]
+    found = best_path_to(network, text, search)
+    if not spelling:
+        assert found is None
+        return
+    best = max(search.path_total(path_logpost(network, p), path_first_pass(network, p)) for p in spelling)
+    logpost, first_pass, labels = found
+    assert search.path_total(logpost, first_pass) == pytest.approx(best)
+    assert (logpost, first_pass) == pytest.approx((path_logpost(network, labels), path_first_pass(network, labels)))
+    assert [u for label in labels for u in label] == text
 
 
 def test_with_a_zero_lm_weight_the_search_returns_the_arc_posterior_best_path():
