@@ -147,11 +147,11 @@ def replace_ngram(model_dir: Path, ngram: NgramModel, rnn_weight: float) -> None
     The network's weights keep their bytes (and dtype); ``config.json`` is written last, with this
     version's ``format_version``, since the n-gram's tables are saved in this version's key format.
     """
+    if not 0.0 < rnn_weight <= 1.0:
+        raise ValueError(f"rnn_weight must be in (0, 1], got {rnn_weight}")
     model_dir = Path(model_dir)
     config = read_config(model_dir)
     del config["model_config"]
-    if not 0.0 < rnn_weight <= 1.0:
-        raise ValueError(f"rnn_weight must be in (0, 1], got {rnn_weight}")
     atomic.atomic_write_bytes(model_dir / NGRAM_FILE, lambda f: torch.save(ngram.state_dict(), f))
     settings = config.get("ngram") if isinstance(config.get("ngram"), dict) else {}
     config["ngram"] = {**settings, "order": ngram.order, "num_ngrams": ngram.num_ngrams, "rnn_weight": rnn_weight}

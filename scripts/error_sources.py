@@ -49,17 +49,20 @@ def main() -> None:
     parser.add_argument("-m", "--model", type=Path)
     parser.add_argument("--weights", type=Path, required=True, help="weights tuned with --search network")
     args = parser.parse_args()
-    choice, backward = resolve_weights(args.weights, args.model, None, None, None, None, None, False)
-    weights = choice.weights
-    weights.decision = "map"
-    if weights.search != "network":
-        raise SystemExit(f"{args.weights}: the weights do not use the search (search: {weights.search})")
-    rescorer = make_rescorer(args.model, backward, weights, "auto", "fp32", 16384, 1, "cpu")
-    utterances = [u for u in read_nbest(args.dev) if u.get("reference") is not None and u["hypotheses"]]
-    if not utterances:
-        raise SystemExit(f"{args.dev}: no utterance with a reference and hypotheses")
-    lists = [u["hypotheses"] for u in utterances]
-    results = rescorer.rescore_batch(lists, [u["id"] for u in utterances])
+    try:  # the pipeline's user errors are ValueErrors (pipeline.errors): one line, as the CLI prints them
+        choice, backward = resolve_weights(args.weights, args.model, None, None, None, None, None, False)
+        weights = choice.weights
+        weights.decision = "map"
+        if weights.search != "network":
+            raise SystemExit(f"{args.weights}: the weights do not use the search (search: {weights.search})")
+        rescorer = make_rescorer(args.model, backward, weights, "auto", "fp32", 16384, 1, "cpu")
+        utterances = [u for u in read_nbest(args.dev) if u.get("reference") is not None and u["hypotheses"]]
+        if not utterances:
+            raise SystemExit(f"{args.dev}: no utterance with a reference and hypotheses")
+        lists = [u["hypotheses"] for u in utterances]
+        results = rescorer.rescore_batch(lists, [u["id"] for u in utterances])
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     search = NetworkSearch(rescorer).search
     known: dict = {}
     rescorer.score_texts((t for u, r in zip(utterances, results) for t in (u["reference"], r.best)), known)
