@@ -169,7 +169,7 @@ def best_path_to(network: Network, units: Sequence[str], search: SearchWeights) 
     estimate, labels), or None when no path spells them. A dynamic programme over the slots whose state is
     the number of units spelled so far; exact, as in :func:`oracle_errors`."""
     states: dict[int, tuple[float, float, float, list[Label]]] = {0: (0.0, 0.0, network.base, [])}
-    for slot, shares in zip(network.slots, network.shares or [{}] * len(network.slots)):
+    for slot, shares in zip(network.slots, network.shares):
         following: dict[int, tuple[float, float, float, list[Label]]] = {}
         for done, (_, logpost, first_pass, labels) in states.items():
             for label, posterior in slot.items():

@@ -31,9 +31,9 @@ from pipeline.search import NetworkSearch
 KINDS = ("outside the network", "the scores prefer another text", "the search missed it")
 
 
-def text_total(rescorer, search, network, hyps: list[dict], text: str, unit: str, lm: tuple) -> float | None:
-    """The search's total of ``text`` in this list, by its best path (None when no path spells it)."""
-    inputs = {h["text"]: rescorer.first_pass_score(h) for h in hyps}
+def text_total(search, network, inputs: dict[str, float], text: str, unit: str, lm: tuple) -> float | None:
+    """The search's total of ``text`` in a list whose input texts have the first-pass scores ``inputs``, by
+    its best path (None when no path spells it)."""
     path = best_path_to(network, split_units(text, unit), search)
     if path is None:
         return None
@@ -74,13 +74,14 @@ def main() -> None:
         units += len(split_units(reference, unit))
         if best == reference:
             continue
-        ref_total = text_total(rescorer, search, network, utt["hypotheses"], reference, unit, known[reference])
+        inputs = {h["text"]: rescorer.first_pass_score(h) for h in utt["hypotheses"]}
+        ref_total = text_total(search, network, inputs, reference, unit, known[reference])
         if ref_total is None:
             kind = KINDS[0]
             floor += oracle_errors(network, split_units(reference, unit))
-        else:
-            best_total = text_total(rescorer, search, network, utt["hypotheses"], best, unit, known[best])
-            kind = KINDS[2] if best_total is not None and ref_total > best_total + 1e-9 else KINDS[1]
+        else:  # best is an input or a path of the network, so some path spells it
+            best_total = text_total(search, network, inputs, best, unit, known[best])
+            kind = KINDS[2] if ref_total > best_total + 1e-9 else KINDS[1]
         utts[kind] += 1
         errors[kind] += error_counts(reference, best, unit).errors
     print(f"{len(utterances)} utterances, {units:,} reference units, {sum(errors.values()):,} errors "

@@ -246,11 +246,17 @@ def test_format_1_tables_load_with_the_same_probabilities():
     assert torch.equal(again.logprobs(histories, targets), ngram.logprobs(histories, targets))
 
 
-def test_a_model_directory_of_format_1_loads_its_n_gram(tmp_path, tokenizer):
-    model_dir = make_random_model_dir(tmp_path / "m", tokenizer, ngram_order=4)
+def format_1_model_dir(path: Path, tokenizer) -> Path:
+    """A model directory as the format-1 code wrote it: FORMAT_1_FILE as its n-gram, format_version 1."""
+    model_dir = make_random_model_dir(path, tokenizer, ngram_order=4)
     shutil.copyfile(FORMAT_1_FILE, model_dir / NGRAM_FILE)
     config = json.loads((model_dir / "config.json").read_text())
     (model_dir / "config.json").write_text(json.dumps({**config, "format_version": 1}))
+    return model_dir
+
+
+def test_a_model_directory_of_format_1_loads_its_n_gram(tmp_path, tokenizer):
+    model_dir = format_1_model_dir(tmp_path / "m", tokenizer)
     loaded = load_model_dir(model_dir).ngram
     expected = NgramModel.from_state_dict(load_weights(FORMAT_1_FILE))
     histories, targets = torch.tensor([[-1, -1, 2], [5, 4, 4], [30, 7, 4]]), torch.tensor([4, 5, 3])
@@ -259,10 +265,7 @@ def test_a_model_directory_of_format_1_loads_its_n_gram(tmp_path, tokenizer):
 
 def test_replace_ngram_swaps_the_n_gram_of_a_format_1_directory_and_keeps_the_network(tmp_path, tokenizer):
     """compare_ngram_orders --write: the new tables load as this version's, the weights keep their bytes."""
-    model_dir = make_random_model_dir(tmp_path / "m", tokenizer, ngram_order=4)
-    shutil.copyfile(FORMAT_1_FILE, model_dir / NGRAM_FILE)
-    config = json.loads((model_dir / "config.json").read_text())
-    (model_dir / "config.json").write_text(json.dumps({**config, "format_version": 1}))
+    model_dir = format_1_model_dir(tmp_path / "m", tokenizer)
     weights = (model_dir / "model.pt").read_bytes()
     trigram = count_ngram(tokenizer, CORPUS, 3)
     replace_ngram(model_dir, trigram, 0.35)
