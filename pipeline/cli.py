@@ -237,7 +237,7 @@ def tune(
     beam_size: BeamSizeOption = None,
     plot: Annotated[Optional[Path], typer.Option(help="Draw the dev error rate along each weight around the chosen point into this PNG (needs matplotlib: the 'plot' extra).")] = None,
     decision: Annotated[str, typer.Option(help="map, or mbr: also fit the temperature of the minimum-Bayes-risk choice, and record it.")] = "map",
-    search: Annotated[str, typer.Option(help="none, or network: also fit the confusion-network search (arc temperature, LM, backward and length weights), and record it.")] = "none",
+    search: Annotated[str, typer.Option(help="none, or network: also fit the confusion-network search (arc temperature, LM, backward and length weights, and the units the recogniser confuses, mined from the dev lists), and record it.")] = "none",
     stage_budget: StageBudgetOption = None,
 ) -> None:
     """Search lm_weight, length_bonus (and field and backward weights) minimising WER/CER on a dev set.

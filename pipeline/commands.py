@@ -270,7 +270,14 @@ def run_tune(dev_nbest, output, model, score_fields, backward_model, unit, preci
                      f"{figures['search_passes']} passes from {figures['search_candidates']} expanded paths, "
                      f"scored by {figures['search_scoring']}, stage budget {tuned.network['stage_budget']}; "
                      f"oracle of the network {100 * figures['network_oracle']:.2f}%")
-    stderr.print(f"weights: {json.dumps(tuned.__dict__)} -> {output}")
+        if tuned.confusions:
+            stderr.print(f"confusable units ({len(tuned.confusions)} mined from the dev lists): penalty "
+                         f"{tuned.network['confusion_penalty']}, oracle of the network with them "
+                         f"{100 * figures['confusion_oracle']:.2f}%")
+        else:
+            stderr.print("confusable units: not kept (no fewer dev errors)")
+    shown = {**tuned.__dict__, "confusions": f"{len(tuned.confusions)} units" if tuned.confusions else None}
+    stderr.print(f"weights: {json.dumps(shown, ensure_ascii=False)} -> {output}")
 
 
 def now_iso() -> str:

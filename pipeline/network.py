@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,12 +42,13 @@ Label = tuple[str, ...]  # the units an arc adds (empty: the empty arc)
 class Network:
     """Slots of arcs, each arc a label with its posterior; ``paths[h]`` is hypothesis h's label per slot;
     ``shares`` each arc's part of the first-pass score, relative to ``base`` (the first-pass best's score,
-    whose arcs have share 0)."""
+    whose arcs have share 0); ``added`` per slot the arcs no hypothesis holds (pipeline.confusions), if any."""
 
     slots: list[dict[Label, float]]
     paths: list[list[Label]]
     shares: list[dict[Label, float]] = field(default_factory=list)
     base: float = 0.0
+    added: list[set[Label]] = field(default_factory=list)
 
 
 def build_network(units: Sequence[Sequence[str]], scores: Sequence[float], temperature: float) -> Network:
@@ -206,9 +207,10 @@ Candidate = tuple[float, float, list[Label]]  # arc log posterior, first-pass sc
 
 
 def network_candidates(units: Sequence[Sequence[str]], scores: Sequence[float], unit: str, temperature: float,
-                       count: int) -> tuple[Network, dict[str, Candidate]]:
+                       count: int, extend: Callable[[Network], None] | None = None) -> tuple[Network, dict[str, Candidate]]:
     """The network and {text: candidate} of its best ``count`` paths and of every input hypothesis's own
-    path (a text reached by several paths keeps its most probable; an input keeps its own score)."""
+    path (a text reached by several paths keeps its most probable; an input keeps its own score);
+    ``extend`` then changes the network in place (pipeline.confusions adds arcs the paths do not use)."""
     network = build_network(units, scores, temperature)
     own = {join_units(path, unit): float(score) for path, score in zip(network.paths, scores)}
     candidates: dict[str, Candidate] = {}
@@ -218,6 +220,8 @@ def network_candidates(units: Sequence[Sequence[str]], scores: Sequence[float], 
         if text not in candidates or logpost > candidates[text][0]:
             first_pass = own[text] if text in own else path_first_pass(network, labels)
             candidates[text] = (logpost, first_pass, list(labels))
+    if extend is not None:
+        extend(network)
     return network, candidates
 
 
@@ -246,10 +250,13 @@ class SearchWeights:
 
 def slot_alternatives(network: Network, labels: Sequence[Label], top: int = 2) -> list[tuple[int, list[Label]]]:
     """Single-slot changes of a path: (slot, [other label]) for the ``top`` most probable other arcs of
-    each slot that has any (2 were as accurate as 4 on both dev sets, and cheaper)."""
+    each slot that has any (2 were as accurate as 4 on both dev sets, and cheaper); arcs no hypothesis
+    holds are left to pipeline.confusions."""
     changes = []
     for index, (slot, current) in enumerate(zip(network.slots, labels)):
-        others = sorted(((p, label) for label, p in slot.items() if label != current), reverse=True)[:top]
+        added = network.added[index] if network.added else ()
+        others = sorted(((p, label) for label, p in slot.items() if label != current and label not in added),
+                        reverse=True)[:top]
         changes.extend((index, [label]) for _, label in others)
     return changes
 

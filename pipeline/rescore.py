@@ -16,8 +16,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from lm.scorer import SentenceScorer
+from pipeline.confusions import add_confusable_arcs
 from pipeline.fields import FieldPresence
 from pipeline.mbr import mbr_index, softmax
 from pipeline.metrics import detect_unit, split_units, text_length
@@ -130,8 +132,11 @@ class Rescorer:
         settings = self.weights.network
         units = [split_units(h["text"], unit) for h in hyps]
         scores = [self.first_pass_score(h) for h in hyps]
+        extend = None
+        if self.weights.confusions and settings.get("confusion_penalty") is not None:
+            extend = partial(add_confusable_arcs, table=self.weights.confusions, penalty=settings["confusion_penalty"])
         network, candidates = network_candidates(units, scores, unit, settings["temperature"],
-                                                 int(settings["candidates"]))
+                                                 int(settings["candidates"]), extend)
         return unit, network, candidates
 
     def score_texts(self, texts: Iterable[str], known: dict, memo: dict | None = None) -> None:

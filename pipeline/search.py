@@ -2,7 +2,8 @@
 
 Per batch: expand each list's network into candidate paths, score the new ones that pass the screen
 (pipeline.screen) with the LM pair in one pooled pass, keep each list's best, then improve it over
-``passes`` rounds of local changes, each round's variants screened and scored the same way.
+``passes`` rounds of local changes, each round's variants screened and scored the same way; where the
+networks hold confusable units (pipeline.confusions), up to ``CONFUSION_ROUNDS`` more rounds try them.
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from pipeline.confusions import confusion_changes
 from pipeline.metrics import text_length
-from pipeline.network import SearchWeights, join_units, path_first_pass, path_logpost, run_alternatives, slot_alternatives
+from pipeline.network import (Network, SearchWeights, join_units, path_first_pass, path_logpost, run_alternatives,
+                              slot_alternatives)
 from pipeline.screen import screen, stage_allowance
 from pipeline.weights import stage_budget
 
 if TYPE_CHECKING:
     from pipeline.rescore import Rescorer
+
+CONFUSION_ROUNDS = 3  # rounds of confusable-unit changes after the passes; a round that changes nothing ends them
 
 
 def ngram_alone(scorer, texts: Sequence[str]) -> list[float] | None:
@@ -77,8 +82,8 @@ class NetworkSearch:
     def run(self, lists: Sequence[Sequence[dict]], known: dict,
             passes: int) -> tuple[list[dict[int, str]], dict[int, dict[str, float]]]:
         """The searched best text of each non-empty list (by position) after 0, 1, ..., ``passes`` rounds of
-        local changes (a round that changes nothing ends the search and is repeated to the end),
-        and every text the search scored for each list with its total.
+        local changes (a round that changes nothing ends the search and is repeated to the end), the last
+        after the confusable-unit rounds too, and every text the search scored for each list with its total.
 
         ``known`` maps texts to (forward, backward) LM scores; the texts it lacks are scored and added,
         in each stage at most ``network["stage_budget"]`` times a list's size (pipeline.screen).
@@ -97,23 +102,42 @@ class NetworkSearch:
             stage.consider(k, texts)
         history = [{k: c[1] for k, c in stage.current.items()}]
         for _ in range(passes):
-            if not self.improve_once(stage, allowances):
+            if not self.improve_once(stage, allowances, self.local_changes):
                 break
             history.append({k: c[1] for k, c in stage.current.items()})
-        return history + [history[-1]] * (passes + 1 - len(history)), stage.pools
+        history += [history[-1]] * (passes + 1 - len(history))
+        changed = set(stage.current) if any(item and item[1].added for item in expanded) else set()
+        confused = False
+        for _ in range(CONFUSION_ROUNDS):
+            changed = self.improve_once(stage, allowances, confusion_changes, changed)  # only where the best moved
+            if not changed:
+                break
+            confused = True
+        if confused:
+            history[-1] = {k: c[1] for k, c in stage.current.items()}
+        return history, stage.pools
 
-    def improve_once(self, stage: Stage, allowances: dict[int, int | None]) -> bool:
-        """One round of local search around each current best: the runs of input hypotheses copied in
-        (pipeline.network) and, where the arc posterior is weighed, its single-slot changes; the best
-        variant kept if better. Scored by first-pass shares, a slot cut out of a run would get a guessed
-        share (the least-squares split of the run's score), so only whole runs are tried there."""
+    def local_changes(self, network: Network, labels: list) -> list[tuple[int, list]]:
+        """A pass's changes: the runs of input hypotheses copied in (pipeline.network) and, where the arc
+        posterior is weighed, its single-slot changes. Scored by first-pass shares, a slot cut out of a run
+        would get a guessed share (the least-squares split of the run's score), so only whole runs are tried there."""
+        changes = run_alternatives(network, labels)
+        if self.search.arc_weight:
+            changes += slot_alternatives(network, labels)
+        return changes
+
+    def improve_once(self, stage: Stage, allowances: dict[int, int | None], propose,
+                     lists: set[int] | None = None) -> set[int]:
+        """One round of local search around each current best (of ``lists``, else every list): the changes
+        ``propose(network, labels)`` gives, screened and scored; the best variant kept if better. Returns
+        the lists whose best changed."""
         search = stage.search
         variants: dict[int, dict[str, tuple]] = {}
         for k, (_, _, _, _, labels) in stage.current.items():
+            if lists is not None and k not in lists:
+                continue
             unit, network, candidates = stage.expanded[k]
-            changes = run_alternatives(network, labels)
-            if search.arc_weight:
-                changes += slot_alternatives(network, labels)
+            changes = propose(network, labels)
             variants[k] = {}
             for start, run in changes:
                 changed = labels[:start] + run + labels[start + len(run):]
@@ -124,10 +148,7 @@ class NetworkSearch:
                 if kept is None or search.path_total(logpost, first_pass) > search.path_total(*kept[:2]):
                     variants[k][text] = (logpost, first_pass, changed)  # of two paths to a text, the better
         self.score_screened(variants, stage, allowances)
-        improved = False
-        for k, texts in variants.items():
-            improved |= stage.consider(k, texts)
-        return improved
+        return {k for k, texts in variants.items() if stage.consider(k, texts)}
 
     def score_screened(self, proposals: dict[int, dict[str, tuple]], stage: Stage,
                        allowances: dict[int, int | None]) -> None:

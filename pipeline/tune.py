@@ -249,6 +249,7 @@ def tune_weights(rescorer: Rescorer, utterances: Sequence[dict], unit: str = "au
         weights.network["stage_budget"] = stage_budget(rescorer.weights.network)  # given, not fitted
         rescorer.weights = weights  # the arcs are weighed with the tuned first-pass fields
         weights.network, searched = tune_network(rescorer, dev_utterances, unit, decision=decision)
+        weights.confusions = searched.pop("confusions")
         weights.search = choose_search(searched["search_errors"], errors, dev.reference_units)
     baseline = evaluate_utterances(dev_utterances, unit)
     figures = {

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
+from pipeline.confusions import mine_confusions
 from pipeline.mbr import best_mbr_temperature, mbr_evidence
 from pipeline.metrics import error_counts, oracle_counts, split_units
 from pipeline.network import oracle_errors
@@ -32,6 +33,9 @@ FIRST_PASS_CANDIDATES = (0, 1)
 # every comparison measured (scripts/compare_methods.py, three zh-rmrb and three en-kjv models: 0.13 to 0.41
 # points worse on average), even where they won on the tuning half; so tune fits 1 to MAX_PASSES passes,
 # and 0 stays a manual setting.
+# Penalties of an arc the mined confusion table adds (pipeline.confusions) tried on the dev set; kept only
+# where one makes fewer dev errors than the search without them.
+CONFUSION_PENALTIES = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0)
 
 
 def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, candidates: int | None = None,
@@ -42,9 +46,11 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
     the whole grid), and search the candidates' LM, backward, length and input weights that minimise
     errors (the arc log posterior held at 1). Then run the search with those weights for 1 to
     ``MAX_PASSES`` rounds of local changes and keep the round count with the fewest errors. Then fit the
-    first-pass scoring (:func:`fit_first_pass_search`) and keep it unless it makes more errors; with
-    ``decision="mbr"``, fit the temperature of the MBR choice among the scored candidates.
-    Returns the settings and figures (errors; the oracles of the network and of the arc-posterior fit's candidates).
+    first-pass scoring (:func:`fit_first_pass_search`) and keep it unless it makes more errors; then the
+    confusable units (:func:`fit_confusions`); with ``decision="mbr"``, fit the temperature of the MBR
+    choice among the scored candidates. Returns the settings and figures (errors; the oracles of the
+    network, of the arc-posterior fit's candidates and of the network with the confusable units; the
+    confusion table, or None).
     """
     candidates = candidates or NETWORK_DEFAULTS["candidates"]
     lists = [u["hypotheses"] for u in utterances]
@@ -86,6 +92,13 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
     if shared_errors <= errors:
         settings, errors = shared, shared_errors
     rescorer.weights.network = {**rescorer.weights.network, **settings}
+    errors, settings["confusion_penalty"], table = fit_confusions(rescorer, lists, utterances, unit, cache, errors)
+    rescorer.weights.network = {**rescorer.weights.network, **settings}
+    confusion_oracle = None  # the floor of the networks with the confusable units' arcs
+    if table is not None:
+        confusion_oracle = sum(list_oracle(rescorer.network_candidates(hyps) if hyps else None, u, unit)
+                               for hyps, u in zip(lists, utterances))
+        log.info("network search, confusable units: the oracle of the networks with them makes %d errors", confusion_oracle)
     units = max(dev.reference_units, 1)
     if decision == "mbr":
         _, pools = search_as_rescoring(rescorer, lists, cache, settings["passes"])
@@ -97,7 +110,31 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
     return settings, {"search_errors": errors, "searched": errors / units, "network_oracle": network_oracle / units,
                       "candidates_oracle": oracle / units,
                       "search_passes": settings["passes"], "search_candidates": settings["candidates"],
-                      "search_scoring": scoring}
+                      "search_scoring": scoring, "confusions": table,
+                      "confusion_oracle": None if confusion_oracle is None else confusion_oracle / units}
+
+
+def fit_confusions(rescorer: Rescorer, lists: Sequence[Sequence[dict]], utterances: Sequence[dict], unit: str,
+                   cache: dict, errors: int) -> tuple[int, float | None, dict | None]:
+    """Mine the dev lists' confusion table (pipeline.confusions) and search with it at each of
+    ``CONFUSION_PENALTIES``, the other settings as fitted (``errors`` without it). Returns the fewest
+    errors, the penalty that made them and the table, or ``errors``, None, None when none made fewer.
+    Sets the rescorer's weights to the result."""
+    weights = rescorer.weights
+    weights.network = {**weights.network, "confusion_penalty": None}
+    weights.confusions = mine_confusions(rescorer.network_candidates(hyps)[1] for hyps in lists if hyps)
+    best: tuple[int, float | None] = (errors, None)
+    for penalty in CONFUSION_PENALTIES:
+        weights.network = {**weights.network, "confusion_penalty": penalty}
+        history, _ = search_as_rescoring(rescorer, lists, cache, int(weights.network["passes"]))
+        found = errors_of(history[-1], utterances, unit)
+        log.info("network search, confusable units (penalty %g): %d errors (without them: %d)", penalty, found, errors)
+        if found < best[0]:
+            best = (found, penalty)
+    weights.network = {**weights.network, "confusion_penalty": best[1]}
+    if best[1] is None:
+        weights.confusions = None
+    return best[0], best[1], weights.confusions
 
 
 def list_oracle(built, utterance: dict, unit: str) -> int:

@@ -42,9 +42,11 @@ SEARCHES = ("none", "network")
 # stage_budget: new texts each stage of the search (the expanded paths, each pass) may send to the network,
 # per list, as a fraction of the list's hypotheses, the most promising by the n-gram (pipeline.screen);
 # None: no limit. It bounds the search's cost; files written before it existed get the default.
+# confusion_penalty: of an arc the weights' confusion table adds to a slot (pipeline.confusions); None: no
+# such arcs (files written before them, and tune where they did not pay).
 NETWORK_DEFAULTS = {"temperature": 1.0, "candidates": 20, "arc_weight": 1.0, "first_pass_weight": 0.0,
                     "lm_weight": 1.0, "backward_weight": 0.0, "length_bonus": 0.0, "input_bonus": 0.0, "passes": 0,
-                    "mbr_temperature": None, "stage_budget": 0.1}
+                    "mbr_temperature": None, "stage_budget": 0.1, "confusion_penalty": None}
 
 
 def stage_budget(network: dict) -> float | None:
@@ -71,6 +73,7 @@ class Weights:
     mbr_temperature: float = 1.0  # of the posterior MBR weighs with; tune --decision mbr fits it
     search: str = "none"  # "network": best may be a path of the hypotheses' confusion network (pipeline.network)
     network: dict = field(default_factory=lambda: dict(NETWORK_DEFAULTS))  # the search's settings
+    confusions: dict[str, str] | None = None  # units the recogniser confuses (pipeline.confusions)
 
     def save(self, path: Path, extra: dict | None = None) -> None:
         atomic_write_json(Path(path), {"weights": asdict(self), **(extra or {})})
@@ -128,7 +131,16 @@ def read_weights_file(path: Path) -> tuple[Weights, dict]:
                                "and candidates a whole number, 0 or more")
     if weights.decision not in DECISIONS:
         raise WeightsFileError(f"{path}: decision must be one of {', '.join(DECISIONS)}, got {weights.decision!r}")
+    penalty = weights.network["confusion_penalty"]
+    if not (penalty is None or penalty >= 0) or not is_confusion_table(weights.confusions):
+        raise WeightsFileError(f"{path}: network confusion_penalty must be 0 or more, and confusions an object "
+                               "of strings")
     return weights, record
+
+
+def is_confusion_table(value) -> bool:
+    """None, or {unit: "unit unit ..."} (pipeline.confusions)."""
+    return value is None or (isinstance(value, dict) and all(isinstance(others, str) for others in value.values()))
 
 
 def model_fingerprint(model_dir: Path) -> str:

@@ -3,7 +3,8 @@ split, ``tune --decision mbr --search network`` on one half, each method measure
 
 Every text is scored once over all splits (a memo in front of the LM), so ten splits cost little more
 than one. "as tuned" is what ``rescore --weights`` does with those weights (the search only where
-tune kept it). For the search's cost against plain rescoring, see scripts/compare_search.py.
+tune kept it); "search without confusions" the search with the same weights less the confusable units
+(pipeline.confusions). For the search's cost against plain rescoring, see scripts/compare_search.py.
 
     python scripts/compare_methods.py ../shared/data/zh-rmrb/dev.nbest.json [-m MODEL_DIR] [--splits 10] [--first-split 0] [--candidates N]
         [--stage-budgets 0.1,none]
@@ -35,13 +36,14 @@ from pipeline.tune import first_pass_fields, tune_weights
 from pipeline.tune_network import list_oracle
 from pipeline.weights import NETWORK_DEFAULTS, Weights
 
-METHODS = {  # name: (decision, search, passes); None: what tune chose
-    "plain": ("map", "none", None),
-    "MBR": ("mbr", "none", None),
-    "search, no passes": ("map", "network", 0),
-    "search": ("map", "network", None),
-    "search + MBR": ("mbr", "network", None),
-    "as tuned": ("map", None, None),
+METHODS = {  # name: (decision, search, passes, with the confusable units); None: what tune chose
+    "plain": ("map", "none", None, True),
+    "MBR": ("mbr", "none", None, True),
+    "search, no passes": ("map", "network", 0, True),
+    "search without confusions": ("map", "network", None, False),
+    "search": ("map", "network", None, True),
+    "search + MBR": ("mbr", "network", None, True),
+    "as tuned": ("map", None, None, True),
 }
 
 
@@ -136,10 +138,12 @@ def compare_on_splits(rescorer, initial: Weights, utterances: list[dict], unit: 
         test_half = [utterances[i] for i in sorted(order[len(order) // 2:])]
         rescorer.weights = copy.deepcopy(initial)
         tuned, _ = tune_weights(rescorer, tune_half, unit, decision=decision, search=search)
-        for name, (method_decision, method_search, passes) in methods.items():
+        for name, (method_decision, method_search, passes, confusions) in methods.items():
             weights = copy.deepcopy(tuned)
             weights.decision, weights.search = method_decision, method_search or tuned.search
             weights.network["passes"] = tuned.network["passes"] if passes is None else passes
+            if not confusions:
+                weights.confusions, weights.network["confusion_penalty"] = None, None
             rate, texts = error_rate(rescorer, weights, test_half, unit)
             rates[name].append(rate)
             if name == "search":

@@ -2,7 +2,7 @@
 measured on the other (the CLI end to end), with the rescoring time of each:
 
     python scripts/compare_search.py ../shared/data/zh-rmrb/dev.nbest.json [-m MODEL_DIR] [--splits 3] [--passes N]
-        [--candidates N] [--stage-budget F|none] [--against-budget F|none]
+        [--candidates N] [--stage-budget F|none] [--against-budget F|none] [--without-confusions]
 
 "as tuned" is what ``rescore --weights`` does: the search where ``tune --search network`` kept it (it
 made fewer errors than plain rescoring on the tuning half), plain rescoring where it turned it off.
@@ -47,6 +47,9 @@ def main() -> None:
     parser.add_argument("--stage-budget", help="tune and rescore with this stage budget (default: tune's)")
     parser.add_argument("--against-budget", help="also rescore each test half with this stage budget instead "
                         "(the same tuned weights), and print its error rate and time ratio beside")
+    parser.add_argument("--without-confusions", action="store_true", help="also rescore each test half with the "
+                        "search without the confusable units (the same tuned weights otherwise), and print its "
+                        "error rate and time ratio beside")
     args = parser.parse_args()
     model = ["-m", str(args.model)] if args.model else []
     utterances = json.loads(args.dev.read_text(encoding="utf-8"))["utterances"]
@@ -74,23 +77,29 @@ def main() -> None:
             inputs = sum(not u.get("best_in_input", True)
                          for u in json.loads((tmp / "searched.json").read_text())["utterances"])
             row = (plain, searched, searched if kept else plain, search_s / plain_s)
-            against = ""
+            variants = {}  # label: (error rate, time ratio)
             if args.against_budget:
                 other, other_s = rescored_rate(test_file, weights, model, "network", tmp / "other.json",
                                                "--stage-budget", args.against_budget)
-                row += (other, other_s / plain_s)
-                against = f"; with stage budget {args.against_budget}: {100 * other:.2f}%, time x{other_s / plain_s:.2f}"
-            rows.append(row)
+                variants[f"stage budget {args.against_budget}"] = (other, other_s / plain_s)
+            if args.without_confusions:
+                tuned["weights"]["confusions"], tuned["weights"]["network"]["confusion_penalty"] = None, None
+                bare = tmp / f"w{seed}-without-confusions.json"
+                bare.write_text(json.dumps(tuned))
+                other, other_s = rescored_rate(test_file, bare, model, "network", tmp / "other.json")
+                variants["without the confusable units"] = (other, other_s / plain_s)
+            rows.append((row, variants))
             print(f"split {seed}: plain {100 * plain:.2f}%, network search {100 * searched:.2f}% "
                   f"({tuned['weights']['network']['passes']} passes, {tuned['weights']['network']['candidates']} paths, "
                   f"stage budget {tuned['weights']['network']['stage_budget']}, {inputs} bests not in the list; "
-                  f"tune {'kept' if kept else 'turned off'} the search), time x{search_s / plain_s:.2f}{against}",
+                  f"tune {'kept' if kept else 'turned off'} the search), time x{search_s / plain_s:.2f}"
+                  + "".join(f"; {label}: {100 * rate:.2f}%, time x{ratio:.2f}" for label, (rate, ratio) in variants.items()),
                   flush=True)
-    mean = lambda k: statistics.mean(r[k] for r in rows)  # noqa: E731
+    mean = lambda k: statistics.mean(r[k] for r, _ in rows)  # noqa: E731
+    extra = lambda label, k: statistics.mean(v[label][k] for _, v in rows)  # noqa: E731
     print(f"mean of {args.splits}: plain {100 * mean(0):.2f}%, search {100 * mean(1):.2f}%, "
           f"as tuned {100 * mean(2):.2f}%, time x{mean(3):.2f}"
-          + (f"; with stage budget {args.against_budget}: {100 * mean(4):.2f}%, time x{mean(5):.2f}"
-             if args.against_budget else ""))
+          + "".join(f"; {label}: {100 * extra(label, 0):.2f}%, time x{extra(label, 1):.2f}" for label in rows[0][1]))
 
 
 if __name__ == "__main__":

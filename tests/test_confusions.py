@@ -1,0 +1,110 @@
+"""Confusable units: mined from dev lists, added to networks as arcs, tried by the search, fitted by tune."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from pipeline.confusions import add_confusable_arcs, mine_confusions
+from pipeline.errors import WeightsFileError
+from pipeline.network import build_network
+from pipeline.rescore import Rescorer, Weights
+from pipeline.tune import tune_weights
+from pipeline.weights import NETWORK_DEFAULTS, read_weights_file
+from test_network import UNLIMITED, combination_dev_set
+from test_rescore import TableScorer
+
+pytestmark = pytest.mark.usefixtures("restore_logging")
+
+
+def test_mining_pairs_the_single_units_of_each_slot_both_ways_and_skips_runs_and_empty_arcs():
+    networks = [build_network([list("ab"), list("xb")], [0.0, -1.0], 1.0),
+                build_network([list("ac"), list("yc")], [0.0, -1.0], 1.0),
+                build_network([["p", "q"], ["p"], ["p", "s"], ["p", "q", "t", "u"]], [0.0, -1.0, -2.0, -3.0], 1.0)]
+    # the third: a slot of q, the empty arc and s, and a gap slot of the empty arc and the run "t u"
+    assert [set(slot) for slot in networks[2].slots[1:]] == [{("q",), (), ("s",)}, {(), ("t", "u")}]
+    assert mine_confusions(networks) == {"a": "x y", "q": "s", "s": "q", "x": "a", "y": "a"}
+
+
+def test_an_added_arc_gets_the_slots_lowest_posterior_and_share_lowered_by_the_penalty():
+    network = build_network([list("ab"), list("xb")], [0.0, -1.0], 1.0)
+    before = [dict(slot) for slot in network.slots], [dict(shares) for shares in network.shares]
+    add_confusable_arcs(network, {"a": "y x", "b": "c", "z": "w"}, penalty=2.0)
+    assert network.added == [{("y",)}, {("c",)}]  # x is in the slot already; nothing holds z
+    assert network.slots[0][("y",)] == pytest.approx(min(before[0][0].values()) * math.exp(-2.0))
+    assert network.shares[0][("y",)] == pytest.approx(min(before[1][0].values()) - 2.0)
+    assert network.slots[1][("c",)] == pytest.approx(math.exp(-2.0)) and network.shares[1][("c",)] == -2.0
+    assert all(network.slots[s][label] == p for s in range(2) for label, p in before[0][s].items())
+
+
+def confused(penalty, table=None) -> Weights:
+    return Weights(search="network", network={**UNLIMITED, "passes": 1, "confusion_penalty": penalty},
+                   confusions=table if table is not None else {"力": "历"})
+
+
+@pytest.mark.parametrize(("penalty", "best"), [(2.0, "历史重演"), (30.0, "力史重演"), (None, "力史重演")])
+def test_the_search_takes_a_confusable_unit_only_where_the_lm_prefers_it_by_more_than_the_penalty(penalty, best):
+    """No hypothesis holds 历; the LM prefers 历史重演 by 19 nats, and the added arc costs the penalty."""
+    scorer = TableScorer({"历史重演": -1.0}, default=-20.0)
+    result = Rescorer(scorer, confused(penalty), unit="char").rescore(["力史重演", "力使重演"], [0.0, -1.0])
+    assert result.best == best
+    assert result.best_in_input == (best != "历史重演")
+
+
+def test_tune_mines_the_dev_lists_and_keeps_the_confusions_that_reach_references_outside_the_networks(tmp_path):
+    """q stands beside p in the slots of three lists (the LM's choice); in three others only p does, and q
+    is their reference's."""
+    utterances, table = [], {}
+    for k in range(3):
+        utterances.append({"id": f"v{k}", "reference": f"q r{k}", "hypotheses": [
+            {"text": f"p r{k}", "score": 0.0}, {"text": f"q r{k}", "score": -0.5}]})
+        table[f"q r{k}"] = -1.0
+    for k in range(3):
+        utterances.append({"id": f"u{k}", "reference": f"q s{k}", "hypotheses": [
+            {"text": f"p s{k}", "score": 0.0}, {"text": f"p t{k}", "score": -0.5}]})
+        table[f"q s{k}"] = -1.0
+    weights, figures = tune_weights(Rescorer(TableScorer(table, default=-20.0)), utterances, "word", search="network")
+    assert figures["searched"] == 0 < figures["network_oracle"]  # beyond the networks' own floor
+    assert weights.search == "network" and weights.network["confusion_penalty"] is not None
+    assert weights.confusions["p"] == "q" and weights.confusions["s0"] == "t0"
+    weights.save(tmp_path / "w.json")
+    loaded, _ = read_weights_file(tmp_path / "w.json")
+    assert loaded.confusions == weights.confusions and loaded.network == weights.network
+    result = Rescorer(TableScorer({"q s9": -1.0}, default=-20.0), loaded).rescore(["p s9", "p t9"], [0.0, -0.5])
+    assert result.best == "q s9" and not result.best_in_input
+
+
+def test_tune_leaves_the_confusions_out_where_they_do_not_cut_dev_errors():
+    utterances, table = combination_dev_set()  # every reference is a path of its network
+    weights, figures = tune_weights(Rescorer(TableScorer(table, default=-30.0)), utterances, "word",
+                                    search="network")
+    assert figures["searched"] == 0
+    assert weights.confusions is None and weights.network["confusion_penalty"] is None
+
+
+@pytest.mark.parametrize("bad", [{"confusions": {"a": ["b"]}}, {"confusions": ["a"]},
+                                 {"network": {**NETWORK_DEFAULTS, "confusion_penalty": -1.0}}])
+def test_a_weights_file_with_a_malformed_confusion_table_or_penalty_is_refused_in_one_line(tmp_path, bad):
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps({"weights": bad}))
+    with pytest.raises(WeightsFileError, match="confusion_penalty must be 0 or more") as error:
+        read_weights_file(path)
+    assert "\n" not in str(error.value)
+
+
+def test_a_weights_file_from_before_the_confusions_searches_without_them(tmp_path):
+    path = tmp_path / "old.json"
+    old_network = {k: v for k, v in NETWORK_DEFAULTS.items() if k != "confusion_penalty"}
+    path.write_text(json.dumps({"weights": {"search": "network", "network": old_network}}))
+    weights, _ = read_weights_file(path)
+    assert weights.confusions is None and weights.network["confusion_penalty"] is None
+
+
+def test_the_passes_single_slot_changes_leave_added_arcs_to_the_confusion_rounds():
+    from pipeline.network import slot_alternatives
+
+    network = build_network([list("ab"), list("xb")], [0.0, -1.0], 1.0)
+    add_confusable_arcs(network, {"b": "c", "a": "y"}, penalty=0.0)
+    assert slot_alternatives(network, network.paths[0]) == [(0, [("x",)])]
