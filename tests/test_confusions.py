@@ -108,3 +108,15 @@ def test_the_passes_single_slot_changes_leave_added_arcs_to_the_confusion_rounds
     network = build_network([list("ab"), list("xb")], [0.0, -1.0], 1.0)
     add_confusable_arcs(network, {"b": "c", "a": "y"}, penalty=0.0)
     assert slot_alternatives(network, network.paths[0]) == [(0, [("x",)])]
+
+
+def test_only_the_lists_whose_best_moved_go_on_to_the_next_round():
+    """pq moves to Pq, then PQ, one change a round (a stage lets one new text through); xy never moves, so
+    the network scores one of its three changes, not one in each of the three rounds."""
+    scorer = TableScorer({"Pq": -10.0, "PQ": -1.0}, default=-20.0)
+    weights = Weights(search="network", network={**NETWORK_DEFAULTS, "passes": 0, "confusion_penalty": 0.5},
+                      confusions={"p": "P", "q": "Q", "x": "A B C"})
+    first, second = Rescorer(scorer, weights, unit="char").rescore_batch([[{"text": "pq", "score": 0.0}],
+                                                                           [{"text": "xy", "score": 0.0}]])
+    assert first.best == "PQ" and second.best == "xy"
+    assert [t for call in scorer.calls for t in call if t.endswith("y") and t != "xy"] == ["Ay"]
