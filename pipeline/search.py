@@ -107,14 +107,11 @@ class NetworkSearch:
             history.append({k: c[1] for k, c in stage.current.items()})
         history += [history[-1]] * (passes + 1 - len(history))
         changed = set(stage.current) if any(item and item[1].added for item in expanded) else set()
-        confused = False
         for _ in range(CONFUSION_ROUNDS):
-            changed = self.improve_once(stage, allowances, confusion_changes, changed)  # only where the best moved
             if not changed:
                 break
-            confused = True
-        if confused:
-            history[-1] = {k: c[1] for k, c in stage.current.items()}
+            changed = self.improve_once(stage, allowances, confusion_changes, changed)  # only where the best moved
+        history[-1] = {k: c[1] for k, c in stage.current.items()}  # the passes' last, or after the rounds
         return history, stage.pools
 
     def local_changes(self, network: Network, labels: list) -> list[tuple[int, list]]:

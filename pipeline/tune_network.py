@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from pipeline.confusions import mine_confusions
+from pipeline.confusions import ConfusionTable, mine_confusions
 from pipeline.mbr import best_mbr_temperature, mbr_evidence
 from pipeline.metrics import error_counts, oracle_counts, split_units
 from pipeline.network import oracle_errors
@@ -62,12 +62,13 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
     network_oracle = None
     for k, factor in enumerate(NETWORK_TEMPERATURES):
         rescorer.weights.network = {**rescorer.weights.network, "temperature": scale * factor,
-                                    "candidates": candidates}
+                                    "candidates": candidates, "confusion_penalty": None}  # the lists' own arcs
         built = [rescorer.network_candidates(hyps) if hyps else None for hyps in lists]
         expanded = [{t: c[0] for t, c in item[2].items()} if item else {} for item in built]
         if network_oracle is None:  # the arcs, unlike their posteriors, do not depend on the temperature
             network_oracle = sum(list_oracle(item, u, unit) for item, u in zip(built, utterances))
             log.info("network search: the oracle of the networks makes %d errors", network_oracle)
+            mined = mine_confusions(item[1] for item in built if item)
         rescorer.score_texts((t for c in expanded for t in c), cache)
         dev = network_dev_set(expanded, utterances, cache, unit, rescorer.backward_scorer is not None)
         vector, errors = search_weights(dev, dev.names[1:])
@@ -92,7 +93,8 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
     if shared_errors <= errors:
         settings, errors = shared, shared_errors
     rescorer.weights.network = {**rescorer.weights.network, **settings}
-    errors, settings["confusion_penalty"], table = fit_confusions(rescorer, lists, utterances, unit, cache, errors)
+    errors, settings["confusion_penalty"], table = fit_confusions(rescorer, lists, utterances, unit, cache, errors,
+                                                                  mined)
     rescorer.weights.network = {**rescorer.weights.network, **settings}
     confusion_oracle = None  # the floor of the networks with the confusable units' arcs
     if table is not None:
@@ -115,14 +117,13 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
 
 
 def fit_confusions(rescorer: Rescorer, lists: Sequence[Sequence[dict]], utterances: Sequence[dict], unit: str,
-                   cache: dict, errors: int) -> tuple[int, float | None, dict | None]:
-    """Mine the dev lists' confusion table (pipeline.confusions) and search with it at each of
-    ``CONFUSION_PENALTIES``, the other settings as fitted (``errors`` without it). Returns the fewest
-    errors, the penalty that made them and the table, or ``errors``, None, None when none made fewer.
-    Sets the rescorer's weights to the result."""
+                   cache: dict, errors: int, table: ConfusionTable) -> tuple[int, float | None, ConfusionTable | None]:
+    """Search with the dev lists' confusion table (pipeline.confusions) at each of ``CONFUSION_PENALTIES``,
+    the other settings as fitted (``errors`` without it). Returns the fewest errors, the penalty that made
+    them and the table, or ``errors``, None, None when none made fewer. Sets the rescorer's weights to the
+    result."""
     weights = rescorer.weights
-    weights.network = {**weights.network, "confusion_penalty": None}
-    weights.confusions = mine_confusions(rescorer.network_candidates(hyps)[1] for hyps in lists if hyps)
+    weights.confusions = table
     best: tuple[int, float | None] = (errors, None)
     for penalty in CONFUSION_PENALTIES:
         weights.network = {**weights.network, "confusion_penalty": penalty}
