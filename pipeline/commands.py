@@ -272,7 +272,8 @@ def run_tune(dev_nbest, output, model, score_fields, backward_model, unit, preci
                      f"oracle of the network {100 * figures['network_oracle']:.2f}%")
         if tuned.confusions:
             stderr.print(f"confusable units ({len(tuned.confusions)} mined from the dev lists): penalty "
-                         f"{tuned.network['confusion_penalty']}, oracle of the network with them "
+                         f"{tuned.network['confusion_penalty']:.3g}, count weight "
+                         f"{tuned.network['confusion_count_weight']:.3g}, oracle of the network with them "
                          f"{100 * figures['confusion_oracle']:.2f}%")
         else:
             stderr.print("confusable units: not kept (no fewer dev errors)")

@@ -134,7 +134,8 @@ class Rescorer:
         scores = [self.first_pass_score(h) for h in hyps]
         extend = None
         if self.weights.confusions and settings.get("confusion_penalty") is not None:
-            extend = partial(add_confusable_arcs, table=self.weights.confusions, penalty=settings["confusion_penalty"])
+            extend = partial(add_confusable_arcs, table=self.weights.confusions, penalty=settings["confusion_penalty"],
+                             count_weight=settings.get("confusion_count_weight") or 0.0)
         network, candidates = network_candidates(units, scores, unit, settings["temperature"],
                                                  int(settings["candidates"]), extend)
         return unit, network, candidates

@@ -33,9 +33,13 @@ FIRST_PASS_CANDIDATES = (0, 1)
 # every comparison measured (scripts/compare_methods.py, three zh-rmrb and three en-kjv models: 0.13 to 0.41
 # points worse on average), even where they won on the tuning half; so tune fits 1 to MAX_PASSES passes,
 # and 0 stays a manual setting.
-# Penalties of an arc the mined confusion table adds (pipeline.confusions) tried on the dev set; kept only
-# where one makes fewer dev errors than the search without them.
-CONFUSION_PENALTIES = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0)
+# Penalties of an arc the mined confusion table adds (pipeline.confusions), and weights of the log of its
+# pair's count, tried on the dev set in nats of the LM: each is multiplied by the fitted LM weights (forward
+# and backward), since an added arc wins where the LM terms prefer it by more than its penalty, and the
+# first-pass scores it is set against have any scale a recogniser gives them (zh-rmrb's total a few
+# nats, en-kjv's hundreds). Kept only where a pair makes fewer dev errors than the search without them.
+CONFUSION_PENALTIES = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
+CONFUSION_COUNT_WEIGHTS = (0.0, 1.5, 3.0)
 
 
 def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, candidates: int | None = None,
@@ -93,8 +97,8 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
     if shared_errors <= errors:
         settings, errors = shared, shared_errors
     rescorer.weights.network = {**rescorer.weights.network, **settings}
-    errors, settings["confusion_penalty"], table = fit_confusions(rescorer, lists, utterances, unit, cache, errors,
-                                                                  mined)
+    errors, table = fit_confusions(rescorer, lists, utterances, unit, cache, errors, mined)
+    settings.update({k: rescorer.weights.network[k] for k in ("confusion_penalty", "confusion_count_weight")})
     rescorer.weights.network = {**rescorer.weights.network, **settings}
     confusion_oracle = None  # the floor of the networks with the confusable units' arcs
     if table is not None:
@@ -117,25 +121,29 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
 
 
 def fit_confusions(rescorer: Rescorer, lists: Sequence[Sequence[dict]], utterances: Sequence[dict], unit: str,
-                   cache: dict, errors: int, table: ConfusionTable) -> tuple[int, float | None, ConfusionTable | None]:
-    """Search with the dev lists' confusion table (pipeline.confusions) at each of ``CONFUSION_PENALTIES``,
-    the other settings as fitted (``errors`` without it). Returns the fewest errors, the penalty that made
-    them and the table, or ``errors``, None, None when none made fewer. Sets the rescorer's weights to the
-    result."""
+                   cache: dict, errors: int, table: ConfusionTable) -> tuple[int, ConfusionTable | None]:
+    """Search with the dev lists' confusion table (pipeline.confusions) at each of ``CONFUSION_PENALTIES`` and
+    ``CONFUSION_COUNT_WEIGHTS`` (times the LM weights), the other settings as fitted (``errors`` without
+    it). Sets the rescorer's penalty and count weight to the pair that made the fewest errors, and returns
+    those errors and the table; or ``errors`` and None, the penalty None, where none made fewer."""
     weights = rescorer.weights
     weights.confusions = table
-    best: tuple[int, float | None] = (errors, None)
-    for penalty in CONFUSION_PENALTIES:
-        weights.network = {**weights.network, "confusion_penalty": penalty}
-        history, _ = search_as_rescoring(rescorer, lists, cache, int(weights.network["passes"]))
-        found = errors_of(history[-1], utterances, unit)
-        log.info("network search, confusable units (penalty %g): %d errors (without them: %d)", penalty, found, errors)
-        if found < best[0]:
-            best = (found, penalty)
-    weights.network = {**weights.network, "confusion_penalty": best[1]}
+    nats = (weights.network["lm_weight"] + weights.network["backward_weight"]) or 1.0  # score units per LM nat
+    best: tuple[int, float | None, float | None] = (errors, None, None)
+    for count_weight in CONFUSION_COUNT_WEIGHTS:
+        for penalty in CONFUSION_PENALTIES:
+            weights.network = {**weights.network, "confusion_penalty": penalty * nats,
+                               "confusion_count_weight": count_weight * nats}
+            history, _ = search_as_rescoring(rescorer, lists, cache, int(weights.network["passes"]))
+            found = errors_of(history[-1], utterances, unit)
+            log.info("network search, confusable units (penalty %g, count weight %g LM nats): %d errors "
+                     "(without them: %d)", penalty, count_weight, found, errors)
+            if found < best[0]:
+                best = (found, penalty * nats, count_weight * nats)
+    weights.network = {**weights.network, "confusion_penalty": best[1], "confusion_count_weight": best[2]}
     if best[1] is None:
         weights.confusions = None
-    return best[0], best[1], weights.confusions
+    return best[0], weights.confusions
 
 
 def list_oracle(built, utterance: dict, unit: str) -> int:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from lm.atomic import atomic_write_json, file_sha256
 from lm.checkpoint import WEIGHTS_FILE, read_config
+from pipeline.confusions import ConfusionTable, table_from_json, table_to_json
 from pipeline.errors import UsageError, WeightsFileError
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,12 @@ SEARCHES = ("none", "network")
 # per list, as a fraction of the list's hypotheses, the most promising by the n-gram (pipeline.screen);
 # None: no limit. It bounds the search's cost; files written before it existed get the default.
 # confusion_penalty: of an arc the weights' confusion table adds to a slot (pipeline.confusions); None: no
-# such arcs (files written before them, and tune where they did not pay).
+# such arcs (files written before them, and tune where they did not pay). confusion_count_weight: how much
+# less a pair the dev lists confused often pays (times the log of its count); None: as 0.
 NETWORK_DEFAULTS = {"temperature": 1.0, "candidates": 20, "arc_weight": 1.0, "first_pass_weight": 0.0,
                     "lm_weight": 1.0, "backward_weight": 0.0, "length_bonus": 0.0, "input_bonus": 0.0, "passes": 0,
-                    "mbr_temperature": None, "stage_budget": 0.1, "confusion_penalty": None}
+                    "mbr_temperature": None, "stage_budget": 0.1, "confusion_penalty": None,
+                    "confusion_count_weight": None}
 
 
 def stage_budget(network: dict) -> float | None:
@@ -73,10 +76,17 @@ class Weights:
     mbr_temperature: float = 1.0  # of the posterior MBR weighs with; tune --decision mbr fits it
     search: str = "none"  # "network": best may be a path of the hypotheses' confusion network (pipeline.network)
     network: dict = field(default_factory=lambda: dict(NETWORK_DEFAULTS))  # the search's settings
-    confusions: dict[str, str] | None = None  # units the recogniser confuses (pipeline.confusions)
+    confusions: ConfusionTable | None = None  # units the recogniser confuses (pipeline.confusions)
+
+    def __post_init__(self):
+        if is_confusion_json(self.confusions):  # as a weights file holds it
+            self.confusions = table_from_json(self.confusions)
 
     def save(self, path: Path, extra: dict | None = None) -> None:
-        atomic_write_json(Path(path), {"weights": asdict(self), **(extra or {})})
+        values = asdict(self)
+        if self.confusions:
+            values["confusions"] = table_to_json(self.confusions)
+        atomic_write_json(Path(path), {"weights": values, **(extra or {})})
 
     @classmethod
     def load(cls, path: Path) -> Weights:
@@ -131,16 +141,23 @@ def read_weights_file(path: Path) -> tuple[Weights, dict]:
                                "and candidates a whole number, 0 or more")
     if weights.decision not in DECISIONS:
         raise WeightsFileError(f"{path}: decision must be one of {', '.join(DECISIONS)}, got {weights.decision!r}")
-    penalty = weights.network["confusion_penalty"]
-    if not (penalty is None or penalty >= 0) or not is_confusion_table(weights.confusions):
-        raise WeightsFileError(f"{path}: network confusion_penalty must be 0 or more, and confusions an object "
-                               "of strings")
+    penalties = [weights.network["confusion_penalty"], weights.network["confusion_count_weight"]]
+    if not all(p is None or p >= 0 for p in penalties) or not (weights.confusions is None or is_confusion_table(weights.confusions)):
+        raise WeightsFileError(f"{path}: network confusion_penalty and confusion_count_weight must be 0 or more, "
+                               "and confusions an object of strings")
     return weights, record
 
 
+def is_confusion_json(value) -> bool:
+    """{unit: "unit:count unit:count ..."} (pipeline.confusions), as a weights file holds it."""
+    return isinstance(value, dict) and all(isinstance(others, str) for others in value.values())
+
+
 def is_confusion_table(value) -> bool:
-    """None, or {unit: "unit unit ..."} (pipeline.confusions)."""
-    return value is None or (isinstance(value, dict) and all(isinstance(others, str) for others in value.values()))
+    """{unit: {unit: count}} (pipeline.confusions), counts whole and above 0."""
+    return isinstance(value, dict) and all(
+        isinstance(others, dict) and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in others.values())
+        for others in value.values())
 
 
 def model_fingerprint(model_dir: Path) -> str:

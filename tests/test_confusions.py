@@ -25,13 +25,20 @@ def test_mining_pairs_the_single_units_of_each_slot_both_ways_and_skips_runs_and
                 build_network([["p", "q"], ["p"], ["p", "s"], ["p", "q", "t", "u"]], [0.0, -1.0, -2.0, -3.0], 1.0)]
     # the third: a slot of q, the empty arc and s, and a gap slot of the empty arc and the run "t u"
     assert [set(slot) for slot in networks[2].slots[1:]] == [{("q",), (), ("s",)}, {(), ("t", "u")}]
-    assert mine_confusions(networks) == {"a": "x y", "q": "s", "s": "q", "x": "a", "y": "a"}
+    assert mine_confusions(networks) == {"a": {"x": 1, "y": 1}, "q": {"s": 1}, "s": {"q": 1}, "x": {"a": 1},
+                                         "y": {"a": 1}}
+
+
+def test_mining_counts_the_slots_each_pair_shared():
+    networks = [build_network([list("ab"), list("xb")], [0.0, -1.0], 1.0) for _ in range(3)]
+    networks.append(build_network([list("ab"), list("yb")], [0.0, -1.0], 1.0))
+    assert mine_confusions(networks) == {"a": {"x": 3, "y": 1}, "x": {"a": 3}, "y": {"a": 1}}
 
 
 def test_an_added_arc_gets_the_slots_lowest_posterior_and_share_lowered_by_the_penalty():
     network = build_network([list("ab"), list("xb")], [0.0, -1.0], 1.0)
     before = [dict(slot) for slot in network.slots], [dict(shares) for shares in network.shares]
-    add_confusable_arcs(network, {"a": "y x", "b": "c", "z": "w"}, penalty=2.0)
+    add_confusable_arcs(network, {"a": {"y": 1, "x": 1}, "b": {"c": 1}, "z": {"w": 1}}, penalty=2.0)
     assert network.added == [{("y",)}, {("c",)}]  # x is in the slot already; nothing holds z
     assert network.slots[0][("y",)] == pytest.approx(min(before[0][0].values()) * math.exp(-2.0))
     assert network.shares[0][("y",)] == pytest.approx(min(before[1][0].values()) - 2.0)
@@ -39,9 +46,19 @@ def test_an_added_arc_gets_the_slots_lowest_posterior_and_share_lowered_by_the_p
     assert all(network.slots[s][label] == p for s in range(2) for label, p in before[0][s].items())
 
 
+def test_a_pair_confused_often_pays_less_by_the_count_weight_times_the_log_of_its_count_never_below_0():
+    network = build_network([list("ab"), list("xb")], [0.0, -1.0], 1.0)
+    lowest = min(network.shares[0].values())
+    add_confusable_arcs(network, {"a": {"y": 1, "z": 20}, "x": {"y": math.ceil(math.e ** 2)}, "b": {"c": 10 ** 6}},
+                        penalty=3.0, count_weight=0.5)
+    assert network.shares[0][("z",)] == pytest.approx(lowest - (3.0 - 0.5 * math.log(20)))
+    assert network.shares[0][("y",)] == pytest.approx(lowest - (3.0 - 0.5 * math.log(8)))  # x's count, the higher
+    assert network.shares[1][("c",)] == 0.0 and network.slots[1][("c",)] == 1.0  # 3 - 0.5 ln 10^6 < 0: 0
+
+
 def confused(penalty, table=None) -> Weights:
     return Weights(search="network", network={**UNLIMITED, "passes": 1, "confusion_penalty": penalty},
-                   confusions=table if table is not None else {"力": "历"})
+                   confusions=table if table is not None else {"力": {"历": 1}})
 
 
 @pytest.mark.parametrize(("penalty", "best"), [(2.0, "历史重演"), (30.0, "力史重演"), (None, "力史重演")])
@@ -68,8 +85,9 @@ def test_tune_mines_the_dev_lists_and_keeps_the_confusions_that_reach_references
     weights, figures = tune_weights(Rescorer(TableScorer(table, default=-20.0)), utterances, "word", search="network")
     assert figures["searched"] == 0 < figures["network_oracle"]  # beyond the networks' own floor
     assert weights.search == "network" and weights.network["confusion_penalty"] is not None
-    assert weights.confusions["p"] == "q" and weights.confusions["s0"] == "t0"
+    assert weights.confusions["p"] == {"q": 3} and weights.confusions["s0"] == {"t0": 1}
     weights.save(tmp_path / "w.json")
+    assert json.loads((tmp_path / "w.json").read_text())["weights"]["confusions"]["p"] == "q:3"  # one line a unit
     loaded, _ = read_weights_file(tmp_path / "w.json")
     assert loaded.confusions == weights.confusions and loaded.network == weights.network
     result = Rescorer(TableScorer({"q s9": -1.0}, default=-20.0), loaded).rescore(["p s9", "p t9"], [0.0, -0.5])
@@ -84,19 +102,50 @@ def test_tune_leaves_the_confusions_out_where_they_do_not_cut_dev_errors():
     assert weights.confusions is None and weights.network["confusion_penalty"] is None
 
 
+def test_tune_tries_penalties_in_nats_of_the_lm_whatever_the_scale_of_the_first_pass_scores():
+    """First-pass gaps of 100: to reach q in the v lists the LM weight must exceed 100/19 (about 5), so a
+    penalty of 8 in score units is under 2 LM nats. The LM prefers q by 19 nats in the u lists (reference q)
+    and by 3 in the w lists (reference p): only a penalty between 3 and 19 nats fixes the one and keeps the
+    other, and none in score units from 1 to 8 does."""
+    utterances, table = [], {}
+    for k in range(3):
+        utterances.append({"id": f"v{k}", "reference": f"q r{k}", "hypotheses": [
+            {"text": f"p r{k}", "score": 0.0}, {"text": f"q r{k}", "score": -100.0}]})
+        table[f"q r{k}"] = -1.0
+        utterances.append({"id": f"u{k}", "reference": f"q s{k}", "hypotheses": [
+            {"text": f"p s{k}", "score": 0.0}, {"text": f"p t{k}", "score": -100.0}]})
+        table[f"q s{k}"], table[f"p t{k}"] = -1.0, -25.0
+        utterances.append({"id": f"w{k}", "reference": f"p w{k}", "hypotheses": [
+            {"text": f"p w{k}", "score": 0.0}, {"text": f"p z{k}", "score": -100.0}]})
+        table[f"q w{k}"], table[f"p z{k}"] = -17.0, -25.0
+    weights, figures = tune_weights(Rescorer(TableScorer(table, default=-20.0)), utterances, "word", search="network")
+    nats = weights.network["lm_weight"] + weights.network["backward_weight"]
+    assert figures["searched"] == 0 and weights.confusions is not None
+    assert 3 < weights.network["confusion_penalty"] / nats < 19
+
+
+def test_a_weights_file_from_before_the_counts_counts_each_pair_once(tmp_path):
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps({"weights": {"search": "network", "confusions": {"力": "历 立", "a": "b:2 c"}}}))
+    weights, _ = read_weights_file(path)
+    assert weights.confusions == {"力": {"历": 1, "立": 1}, "a": {"b": 2, "c": 1}}
+
+
 @pytest.mark.parametrize("bad", [{"confusions": {"a": ["b"]}}, {"confusions": ["a"]},
-                                 {"network": {**NETWORK_DEFAULTS, "confusion_penalty": -1.0}}])
+                                 {"confusions": {"a": {"b": 0}}},
+                                 {"network": {**NETWORK_DEFAULTS, "confusion_penalty": -1.0}},
+                                 {"network": {**NETWORK_DEFAULTS, "confusion_count_weight": -1.0}}])
 def test_a_weights_file_with_a_malformed_confusion_table_or_penalty_is_refused_in_one_line(tmp_path, bad):
     path = tmp_path / "w.json"
     path.write_text(json.dumps({"weights": bad}))
-    with pytest.raises(WeightsFileError, match="confusion_penalty must be 0 or more") as error:
+    with pytest.raises(WeightsFileError, match="confusion_penalty and confusion_count_weight must be 0 or more") as error:
         read_weights_file(path)
     assert "\n" not in str(error.value)
 
 
 def test_a_weights_file_from_before_the_confusions_searches_without_them(tmp_path):
     path = tmp_path / "old.json"
-    old_network = {k: v for k, v in NETWORK_DEFAULTS.items() if k != "confusion_penalty"}
+    old_network = {k: v for k, v in NETWORK_DEFAULTS.items() if not k.startswith("confusion")}
     path.write_text(json.dumps({"weights": {"search": "network", "network": old_network}}))
     weights, _ = read_weights_file(path)
     assert weights.confusions is None and weights.network["confusion_penalty"] is None
@@ -106,7 +155,7 @@ def test_the_passes_single_slot_changes_leave_added_arcs_to_the_confusion_rounds
     from pipeline.network import slot_alternatives
 
     network = build_network([list("ab"), list("xb")], [0.0, -1.0], 1.0)
-    add_confusable_arcs(network, {"b": "c", "a": "y"}, penalty=0.0)
+    add_confusable_arcs(network, {"b": {"c": 1}, "a": {"y": 1}}, penalty=0.0)
     assert slot_alternatives(network, network.paths[0]) == [(0, [("x",)])]
 
 
@@ -115,7 +164,7 @@ def test_only_the_lists_whose_best_moved_go_on_to_the_next_round():
     the network scores one of its three changes, not one in each of the three rounds."""
     scorer = TableScorer({"Pq": -10.0, "PQ": -1.0}, default=-20.0)
     weights = Weights(search="network", network={**NETWORK_DEFAULTS, "passes": 0, "confusion_penalty": 0.5},
-                      confusions={"p": "P", "q": "Q", "x": "A B C"})
+                      confusions={"p": {"P": 1}, "q": {"Q": 1}, "x": {"A": 1, "B": 1, "C": 1}})
     first, second = Rescorer(scorer, weights, unit="char").rescore_batch([[{"text": "pq", "score": 0.0}],
                                                                            [{"text": "xy", "score": 0.0}]])
     assert first.best == "PQ" and second.best == "xy"
