@@ -56,6 +56,16 @@ def test_a_pair_confused_often_pays_less_by_the_count_weight_times_the_log_of_it
     assert network.shares[1][("c",)] == 0.0 and network.slots[1][("c",)] == 1.0  # 3 - 0.5 ln 10^6 < 0: 0
 
 
+def test_a_slot_gets_at_most_the_cap_of_added_arcs_the_commonest_pairs():
+    from pipeline.confusions import MAX_ADDED_ARCS
+
+    network = build_network([list("ab"), list("xb")], [0.0, -1.0], 1.0)
+    partners = {f"w{k}": k + 1 for k in range(MAX_ADDED_ARCS + 5)}  # w0 seen once ... the last most often
+    add_confusable_arcs(network, {"a": partners}, penalty=1.0)
+    assert network.added[0] == {(f"w{k}",) for k in range(5, MAX_ADDED_ARCS + 5)}
+    assert len(network.slots[0]) == 2 + MAX_ADDED_ARCS
+
+
 def confused(penalty, table=None) -> Weights:
     return Weights(search="network", network={**UNLIMITED, "passes": 1, "confusion_penalty": penalty},
                    confusions=table if table is not None else {"力": {"历": 1}})
