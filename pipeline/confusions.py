@@ -53,11 +53,12 @@ def add_confusable_arcs(network: Network, table: ConfusionTable, penalty: float,
     for slot, shares in zip(network.slots, network.shares):
         lowest_posterior, lowest_share = min(slot.values()), min(shares.values())
         counts: dict[Label, int] = {}
-        for label in [label for label in slot if len(label) == 1]:
+        for label in slot:  # the arcs are added after this loop
+            if len(label) != 1:
+                continue
             for unit, count in table.get(label[0], {}).items():
-                arc = (unit,)
-                if arc not in slot:
-                    counts[arc] = max(count, counts.get(arc, count))
+                if (unit,) not in slot:
+                    counts[(unit,)] = max(count, counts.get((unit,), count))
         kept = sorted(counts, key=lambda arc: (-counts[arc], arc))[:MAX_ADDED_ARCS]
         for arc in kept:
             cost = max(penalty - count_weight * math.log(counts[arc]), 0.0)

@@ -143,7 +143,7 @@ def compare_on_splits(rescorer, initial: Weights, utterances: list[dict], unit: 
             weights.decision, weights.search = method_decision, method_search or tuned.search
             weights.network["passes"] = tuned.network["passes"] if passes is None else passes
             if not confusions:
-                weights.confusions, weights.network["confusion_penalty"] = None, None
+                weights.confusions = None  # no table, no added arcs, whatever the penalty
             rate, texts = error_rate(rescorer, weights, test_half, unit)
             rates[name].append(rate)
             if name == "search":

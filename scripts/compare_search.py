@@ -83,7 +83,7 @@ def main() -> None:
                                                "--stage-budget", args.against_budget)
                 variants[f"stage budget {args.against_budget}"] = (other, other_s / plain_s)
             if args.without_confusions:
-                tuned["weights"]["confusions"], tuned["weights"]["network"]["confusion_penalty"] = None, None
+                tuned["weights"]["confusions"] = None  # no table, no added arcs, whatever the penalty
                 bare = tmp / f"w{seed}-without-confusions.json"
                 bare.write_text(json.dumps(tuned))
                 other, other_s = rescored_rate(test_file, bare, model, "network", tmp / "other.json")
