@@ -252,30 +252,6 @@ def test_the_input_bonus_keeps_an_input_hypothesis_against_a_new_text_the_lm_pre
     assert trusting.rescore(texts, scores).best == "a y"
 
 
-def test_tune_tries_input_bonuses_in_nats_of_the_lm_whatever_the_scale_of_the_first_pass_scores():
-    """Inputs "p m X" (first pass 0) and "q m Y" (-100): the new text "q m X" gets an estimated -50, 5 LM
-    nats at an LM weight of 10. It beats "p m X" by 9 - 5 = 4 nats in the a lists (reference "p m X") and by
-    24 - 5 = 19 in the b lists (reference "q m X"): only a bonus between 4 and 19 nats gets both right, and
-    none in score units up to 3 (0.3 nats) does."""
-    from pipeline.tune_network import fit_first_pass_search
-
-    utterances, table = [], {}
-    for k, (kind, gain) in enumerate([("a", 9.0), ("b", 24.0)] * 3):
-        x, y = f"{kind}{k}", f"y{k}"
-        reference = f"p m {x}" if kind == "a" else f"q m {x}"
-        utterances.append({"id": x, "reference": reference, "hypotheses": [
-            {"text": f"p m {x}", "score": 0.0}, {"text": f"q m {y}", "score": -100.0}]})
-        table[f"p m {x}"], table[f"q m {x}"] = -30.0, -30.0 + gain
-    rescorer = Rescorer(TableScorer(table, default=-40.0), Weights(lm_weight=10.0), unit="word")
-    lists = [u["hypotheses"] for u in utterances]
-    cache: dict = {}
-    rescorer.score_texts((h["text"] for hyps in lists for h in hyps), cache)
-    settings = {**UNLIMITED, "temperature": 1.0, "candidates": 0}
-    errors, fitted = fit_first_pass_search(rescorer, lists, utterances, "word", cache, settings)
-    assert errors == 0
-    assert 4 < fitted["input_bonus"] / 10.0 < 19
-
-
 @pytest.mark.parametrize("passes", [0, 2])
 def test_local_search_reaches_a_path_the_lm_prefers_beyond_the_expanded_candidates(passes):
     """Inputs "ab" and "xy"; one expanded path ("ab"); the LM prefers "ay", one slot change away."""
