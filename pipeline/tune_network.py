@@ -102,7 +102,6 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
     rescorer.weights.network = {**rescorer.weights.network, **settings}
     errors, table = fit_confusions(rescorer, lists, utterances, unit, cache, errors, mined)
     settings.update({k: rescorer.weights.network[k] for k in ("confusion_penalty", "confusion_count_weight")})
-    rescorer.weights.network = {**rescorer.weights.network, **settings}
     confusion_oracle = None  # the floor of the networks with the confusable units' arcs
     if table is not None:
         confusion_oracle = sum(list_oracle(rescorer.network_candidates(hyps) if hyps else None, u, unit)

@@ -142,7 +142,8 @@ def read_weights_file(path: Path) -> tuple[Weights, dict]:
     if weights.decision not in DECISIONS:
         raise WeightsFileError(f"{path}: decision must be one of {', '.join(DECISIONS)}, got {weights.decision!r}")
     penalties = [weights.network["confusion_penalty"], weights.network["confusion_count_weight"]]
-    if not all(p is None or p >= 0 for p in penalties) or not (weights.confusions is None or is_confusion_table(weights.confusions)):
+    table_ok = weights.confusions is None or is_confusion_table(weights.confusions)
+    if not all(p is None or p >= 0 for p in penalties) or not table_ok:
         raise WeightsFileError(f"{path}: network confusion_penalty and confusion_count_weight must be 0 or more, "
                                "and confusions an object of strings")
     return weights, record
