@@ -50,6 +50,11 @@ class Network:
     base: float = 0.0
     added: list[set[Label]] = field(default_factory=list)
 
+    def copy(self) -> Network:
+        """A copy to add arcs to (pipeline.confusions) without changing this one; the paths are shared."""
+        return Network([dict(slot) for slot in self.slots], self.paths, [dict(shares) for shares in self.shares],
+                       self.base, [set(added) for added in self.added])
+
 
 def build_network(units: Sequence[Sequence[str]], scores: Sequence[float], temperature: float) -> Network:
     """The confusion network of one list (see the module docstring); ``units`` per hypothesis."""
@@ -207,11 +212,14 @@ Candidate = tuple[float, float, list[Label]]  # arc log posterior, first-pass sc
 
 
 def network_candidates(units: Sequence[Sequence[str]], scores: Sequence[float], unit: str, temperature: float,
-                       count: int, extend: Callable[[Network], None] | None = None) -> tuple[Network, dict[str, Candidate]]:
+                       count: int, extend: Callable[[Network], None] | None = None,
+                       network: Network | None = None) -> tuple[Network, dict[str, Candidate]]:
     """The network and {text: candidate} of its best ``count`` paths and of every input hypothesis's own
     path (a text reached by several paths keeps its most probable; an input keeps its own score);
-    ``extend`` then changes the network in place (pipeline.confusions adds arcs the paths do not use)."""
-    network = build_network(units, scores, temperature)
+    ``extend`` then changes the network in place (pipeline.confusions adds arcs the paths do not use).
+    ``network``: the one :func:`build_network` makes of these arguments, when the caller kept it (a copy,
+    since ``extend`` changes it)."""
+    network = build_network(units, scores, temperature) if network is None else network
     own = {join_units(path, unit): float(score) for path, score in zip(network.paths, scores)}
     candidates: dict[str, Candidate] = {}
     paths = best_paths(network, count) + [(path_logpost(network, path), path) for path in network.paths]

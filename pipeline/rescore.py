@@ -23,8 +23,8 @@ from pipeline.confusions import add_confusable_arcs
 from pipeline.fields import FieldPresence
 from pipeline.mbr import mbr_index, softmax
 from pipeline.metrics import detect_unit, split_units, text_length
-from pipeline.network import network_candidates
-from pipeline.search import NetworkSearch
+from pipeline.network import build_network, network_candidates
+from pipeline.search import NetworkSearch, SearchMemo
 from pipeline.weights import Weights, untuned_weights
 
 __all__ = ["Rescorer", "RescoreResult", "Weights", "annotate_utterance", "rank_order", "text_length"]
@@ -126,18 +126,26 @@ class Rescorer:
     def first_pass_score(self, hyp: dict) -> float:
         return sum(weight * self.field_value(hyp, name) for name, weight in self.weights.score_fields.items())
 
-    def network_candidates(self, hyps: Sequence[dict]):
-        """The unit, the network and the candidates {text: (arc log posterior, first pass, labels)} of one list."""
+    def network_candidates(self, hyps: Sequence[dict], networks: dict | None = None):
+        """The unit, the network and the candidates {text: (arc log posterior, first pass, labels)} of one list.
+        ``networks``: a memo of the networks built so far (tune's: its many searches of one dev set rebuild
+        the same networks, only the arcs added to them change), which hands out copies."""
         unit = self.unit_for(h["text"] for h in hyps)
         settings = self.weights.network
         units = [split_units(h["text"], unit) for h in hyps]
         scores = [self.first_pass_score(h) for h in hyps]
+        network = None
+        if networks is not None:
+            key = (tuple(h["text"] for h in hyps), tuple(scores), settings["temperature"])
+            if key not in networks:
+                networks[key] = build_network(units, scores, settings["temperature"])
+            network = networks[key].copy()
         extend = None
         if self.weights.confusions and settings.get("confusion_penalty") is not None:
             extend = partial(add_confusable_arcs, table=self.weights.confusions, penalty=settings["confusion_penalty"],
                              count_weight=settings.get("confusion_count_weight") or 0.0)
         network, candidates = network_candidates(units, scores, unit, settings["temperature"],
-                                                 int(settings["candidates"]), extend)
+                                                 int(settings["candidates"]), extend, network)
         return unit, network, candidates
 
     def score_texts(self, texts: Iterable[str], known: dict, memo: dict | None = None) -> None:
@@ -172,7 +180,7 @@ class Rescorer:
             results[k].best, results[k].best_in_input, results[k].searched = best, best in inputs, True
 
     def searched_bests(self, lists: Sequence[Sequence[dict]], known: dict, passes: int,
-                       memo: dict | None = None) -> tuple[list[dict[int, str]], dict[int, dict[str, float]]]:
+                       memo: SearchMemo | None = None) -> tuple[list[dict[int, str]], dict[int, dict[str, float]]]:
         """The search's best text of each non-empty list after 0..``passes`` rounds, and every text it scored
         with its total (pipeline.search.NetworkSearch.run); ``known`` LM scores, added to as texts are scored
         (copied from ``memo`` where it has them)."""

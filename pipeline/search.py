@@ -70,12 +70,25 @@ class Stage:
         return improved
 
 
-class NetworkSearch:
-    """One search with a rescorer's LM scorers and its weights' network settings."""
+@dataclass
+class SearchMemo:
+    """What tune's many searches of one dev set share, so that no search does again what another did: the
+    LM scores {text: (forward, backward)}, the n-gram stand-ins of the screen (the same), and the built
+    networks (pipeline.rescore.Rescorer.network_candidates)."""
 
-    def __init__(self, rescorer: Rescorer, memo: dict | None = None):
+    lm: dict = field(default_factory=dict)
+    ngram: dict = field(default_factory=dict)
+    networks: dict = field(default_factory=dict)
+
+
+class NetworkSearch:
+    """One search with a rescorer's LM scorers and its weights' network settings; ``memo`` shared with other
+    searches of the same lists (tune's), else the n-gram stand-ins are kept for this search only."""
+
+    def __init__(self, rescorer: Rescorer, memo: SearchMemo | None = None):
         self.rescorer = rescorer
-        self.memo = memo  # LM scores to copy instead of scoring again (tune's, over its many searches)
+        self.memo = memo
+        self.ngram_memo = memo.ngram if memo is not None else {}
         settings = rescorer.weights.network
         self.search = SearchWeights(**{k: settings[k] for k in SearchWeights.__dataclass_fields__ if k in settings})
 
@@ -88,7 +101,8 @@ class NetworkSearch:
         ``known`` maps texts to (forward, backward) LM scores; the texts it lacks are scored and added,
         in each stage at most ``network["stage_budget"]`` times a list's size (pipeline.screen).
         """
-        expanded = [self.rescorer.network_candidates(hyps) if hyps else None for hyps in lists]
+        networks = self.memo.networks if self.memo is not None else None
+        expanded = [self.rescorer.network_candidates(hyps, networks) if hyps else None for hyps in lists]
         inputs = [{h["text"] for h in hyps} for hyps in lists]
         budget = stage_budget(self.rescorer.weights.network)
         allowances = {k: stage_allowance(len(hyps), budget) for k, hyps in enumerate(lists)}
@@ -158,15 +172,21 @@ class NetworkSearch:
             return {(k, t): stage.total(k, t, proposals[k][t], cheap[t]) for k, t in pairs}
 
         chosen = screen(proposals, stage.seen, allowances, estimate)
-        self.rescorer.score_texts((t for texts in chosen.values() for t in texts), stage.known, self.memo)
+        self.rescorer.score_texts((t for texts in chosen.values() for t in texts), stage.known,
+                                  self.memo.lm if self.memo is not None else None)
         for k, texts in chosen.items():
             stage.seen[k].update(texts)
 
     def ngram_scores(self, texts: Sequence[str]) -> dict[str, tuple[float, float | None]]:
         """{text: (forward, backward)} n-gram stand-ins for the LM scores: the backward model's n-gram, else
-        the forward one's; 0 for a model without an n-gram (the rest of the total then decides alone)."""
-        forward = ngram_alone(self.rescorer.scorer, texts) or [0.0] * len(texts)
-        backward = None
-        if self.rescorer.backward_scorer is not None:
-            backward = ngram_alone(self.rescorer.backward_scorer, texts) or forward
-        return {t: (f, backward[i] if backward else None) for i, (t, f) in enumerate(zip(texts, forward))}
+        the forward one's; 0 for a model without an n-gram (the rest of the total then decides alone).
+        Each text is scored once per memo: the passes, and tune's searches, propose many texts again."""
+        new = list(dict.fromkeys(t for t in texts if t not in self.ngram_memo))
+        if new:
+            forward = ngram_alone(self.rescorer.scorer, new) or [0.0] * len(new)
+            backward = None
+            if self.rescorer.backward_scorer is not None:
+                backward = ngram_alone(self.rescorer.backward_scorer, new) or forward
+            self.ngram_memo.update((t, (f, backward[i] if backward else None))
+                                   for i, (t, f) in enumerate(zip(new, forward)))
+        return {t: self.ngram_memo[t] for t in texts}

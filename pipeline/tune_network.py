@@ -13,6 +13,7 @@ from pipeline.mbr import best_mbr_temperature, mbr_evidence
 from pipeline.metrics import error_counts, oracle_counts, split_units
 from pipeline.network import oracle_errors
 from pipeline.rescore import Rescorer, text_length
+from pipeline.search import SearchMemo
 from pipeline.tune import DevSet, search_weights
 from pipeline.weights import NETWORK_DEFAULTS, stage_budget
 
@@ -64,13 +65,14 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
     first_pass = [[rescorer.first_pass_score(h) for h in hyps] for hyps in lists]
     spreads = [statistics.pstdev(s) for s in first_pass if len(s) > 1]
     scale = statistics.median(spreads) if spreads and statistics.median(spreads) > 0 else 1.0
-    cache: dict[str, tuple[float, float | None]] = {}
+    memo = SearchMemo()  # shared by every search below
+    cache = memo.lm
     best = None
     network_oracle = None
     for k, factor in enumerate(NETWORK_TEMPERATURES):
         rescorer.weights.network = {**rescorer.weights.network, "temperature": scale * factor,
                                     "candidates": candidates, "confusion_penalty": None}  # the lists' own arcs
-        built = [rescorer.network_candidates(hyps) if hyps else None for hyps in lists]
+        built = [rescorer.network_candidates(hyps, memo.networks) if hyps else None for hyps in lists]
         expanded = [{t: c[0] for t, c in item[2].items()} if item else {} for item in built]
         if network_oracle is None:  # the arcs, unlike their posteriors, do not depend on the temperature
             network_oracle = sum(list_oracle(item, u, unit) for item, u in zip(built, utterances))
@@ -93,23 +95,23 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
                 "input_bonus": values["input_bonus"], "mbr_temperature": None,
                 "stage_budget": stage_budget(rescorer.weights.network)}
     rescorer.weights.network = {**rescorer.weights.network, **settings}
-    settings["passes"], errors, by_passes = fewest_errors_passes(rescorer, lists, utterances, unit, cache)
+    settings["passes"], errors, by_passes = fewest_errors_passes(rescorer, lists, utterances, unit, memo)
     log.info("network search, arc posteriors: %s errors after 0..%d passes of local changes; using %d",
              by_passes, MAX_PASSES, settings["passes"])
-    shared_errors, shared = fit_first_pass_search(rescorer, lists, utterances, unit, cache, settings)
+    shared_errors, shared = fit_first_pass_search(rescorer, lists, utterances, unit, memo, settings)
     if shared_errors <= errors:
         settings, errors = shared, shared_errors
     rescorer.weights.network = {**rescorer.weights.network, **settings}
-    errors, table = fit_confusions(rescorer, lists, utterances, unit, cache, errors, mined)
+    errors, table = fit_confusions(rescorer, lists, utterances, unit, memo, errors, mined)
     settings.update({k: rescorer.weights.network[k] for k in ("confusion_penalty", "confusion_count_weight")})
     confusion_oracle = None  # the floor of the networks with the confusable units' arcs
     if table is not None:
-        confusion_oracle = sum(list_oracle(rescorer.network_candidates(hyps) if hyps else None, u, unit)
+        confusion_oracle = sum(list_oracle(rescorer.network_candidates(hyps, memo.networks) if hyps else None, u, unit)
                                for hyps, u in zip(lists, utterances))
         log.info("network search, confusable units: the oracle of the networks with them makes %d errors", confusion_oracle)
     units = max(dev.reference_units, 1)
     if decision == "mbr":
-        _, pools = search_as_rescoring(rescorer, lists, cache, settings["passes"])
+        _, pools = search_as_rescoring(rescorer, lists, memo, settings["passes"])
         highest = errors
         settings["mbr_temperature"], errors = fit_pool_mbr_temperature(pools, utterances, unit)
         log.info("network search, MBR: temperature %.4g, %d errors (the highest total: %d)",
@@ -123,7 +125,7 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
 
 
 def fit_confusions(rescorer: Rescorer, lists: Sequence[Sequence[dict]], utterances: Sequence[dict], unit: str,
-                   cache: dict, errors: int, table: ConfusionTable) -> tuple[int, ConfusionTable | None]:
+                   memo: SearchMemo, errors: int, table: ConfusionTable) -> tuple[int, ConfusionTable | None]:
     """Search with the dev lists' confusion table (pipeline.confusions) at each of ``CONFUSION_PENALTIES`` and
     ``CONFUSION_COUNT_WEIGHTS`` (times the LM weights), the other settings as fitted (``errors`` without
     it). Sets the rescorer's penalty and count weight to the pair that made the fewest errors, and returns
@@ -136,7 +138,7 @@ def fit_confusions(rescorer: Rescorer, lists: Sequence[Sequence[dict]], utteranc
         for penalty in CONFUSION_PENALTIES:
             weights.network = {**weights.network, "confusion_penalty": penalty * nats,
                                "confusion_count_weight": count_weight * nats}
-            history, _ = search_as_rescoring(rescorer, lists, cache, int(weights.network["passes"]))
+            history, _ = search_as_rescoring(rescorer, lists, memo, int(weights.network["passes"]))
             found = errors_of(history[-1], utterances, unit)
             log.info("network search, confusable units (penalty %g, count weight %g LM nats): %d errors "
                      "(without them: %d)", penalty, count_weight, found, errors)
@@ -159,7 +161,7 @@ def list_oracle(built, utterance: dict, unit: str) -> int:
 
 
 def fit_first_pass_search(rescorer: Rescorer, lists: Sequence[Sequence[dict]], utterances: Sequence[dict], unit: str,
-                          cache: dict, settings: dict) -> tuple[int, dict]:
+                          memo: SearchMemo, settings: dict) -> tuple[int, dict]:
     """The search scored as plain rescoring scores (its tuned weights; a new text's first-pass score
     estimated from its arcs' shares; the arc posterior unweighed), with the input bonus and the passes that
     make the fewest dev errors, and the fewest expanded paths (``FIRST_PASS_CANDIDATES``) that make them.
@@ -176,7 +178,7 @@ def fit_first_pass_search(rescorer: Rescorer, lists: Sequence[Sequence[dict]], u
         for bonus in INPUT_BONUSES:
             trial = {**base, "candidates": count, "input_bonus": bonus}
             rescorer.weights.network = trial
-            passes, errors, by_passes = fewest_errors_passes(rescorer, lists, utterances, unit, cache)
+            passes, errors, by_passes = fewest_errors_passes(rescorer, lists, utterances, unit, memo)
             log.info("network search, first-pass shares, %d paths, input bonus %g: %s errors after 0..%d passes",
                      count, bonus, by_passes, MAX_PASSES)
             if best is None or errors < best[0]:
@@ -185,21 +187,21 @@ def fit_first_pass_search(rescorer: Rescorer, lists: Sequence[Sequence[dict]], u
 
 
 def fewest_errors_passes(rescorer: Rescorer, lists: Sequence[Sequence[dict]], utterances: Sequence[dict], unit: str,
-                         cache: dict) -> tuple[int, int, list[int]]:
+                         memo: SearchMemo) -> tuple[int, int, list[int]]:
     """The search with the rescorer's network settings for up to ``MAX_PASSES`` passes: the pass count
     (1 or more, see MAX_PASSES) with the fewest dev errors, those errors, and the errors after each."""
-    history, _ = search_as_rescoring(rescorer, lists, cache, MAX_PASSES)
+    history, _ = search_as_rescoring(rescorer, lists, memo, MAX_PASSES)
     by_passes = [errors_of(bests, utterances, unit) for bests in history]
     passes = min(range(1, len(by_passes)), key=lambda p: (by_passes[p], p))
     return passes, by_passes[passes], by_passes
 
 
-def search_as_rescoring(rescorer: Rescorer, lists: Sequence[Sequence[dict]], cache: dict, passes: int):
-    """Rescorer.searched_bests started, as rescoring starts it, from the inputs' LM scores only. Tune's cache
+def search_as_rescoring(rescorer: Rescorer, lists: Sequence[Sequence[dict]], memo: SearchMemo, passes: int):
+    """Rescorer.searched_bests started, as rescoring starts it, from the inputs' LM scores only. Tune's memo
     holds every path it expanded too, and a search that knew them would pass them all where rescoring
-    screens them (pipeline.screen); the cache serves as a memo instead, so no text is scored twice."""
-    inputs = {h["text"]: cache[h["text"]] for hyps in lists for h in hyps}
-    return rescorer.searched_bests(lists, inputs, passes, cache)
+    screens them (pipeline.screen); the memo only saves scoring a text twice."""
+    inputs = {h["text"]: memo.lm[h["text"]] for hyps in lists for h in hyps}
+    return rescorer.searched_bests(lists, inputs, passes, memo)
 
 
 def errors_of(bests: dict[int, str], utterances: Sequence[dict], unit: str) -> int:

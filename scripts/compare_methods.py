@@ -85,6 +85,16 @@ def oracles(rescorer, utterances: list[dict], unit: str) -> str:
     return f"oracle of the whole file: n-best {100 * nbest / units:.2f}%, confusion network {100 * network / units:.2f}%"
 
 
+def confusion_settings(weights: Weights) -> str:
+    """The confusable units' penalty and count weight tune chose, in nats of the LM as it tries them."""
+    network = weights.network
+    if not weights.confusions or network.get("confusion_penalty") is None:
+        return ", no confusable units"
+    nats = (network["lm_weight"] + network["backward_weight"]) or 1.0
+    return (f", confusable units at {network['confusion_penalty'] / nats:g} nats, count weight "
+            f"{(network.get('confusion_count_weight') or 0.0) / nats:g}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dev", type=Path)
@@ -150,7 +160,7 @@ def compare_on_splits(rescorer, initial: Weights, utterances: list[dict], unit: 
                 work.append(texts)
         print(f"split {seed}: " + ", ".join(f"{name} {100 * r[-1]:.2f}%" for name, r in rates.items())
               + f" (search {'kept' if tuned.search == 'network' else 'off'}, {tuned.network['passes']} passes, "
-              f"{tuned.network['candidates']} expanded paths"
+              f"{tuned.network['candidates']} expanded paths" + confusion_settings(tuned)
               + (f", {work[-1]:.2f} texts per input" if work else "") + ")",
               flush=True)
     print(f"mean of {args.splits}: " + ", ".join(f"{n} {100 * statistics.mean(r):.2f}%" for n, r in rates.items())

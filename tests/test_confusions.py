@@ -66,6 +66,22 @@ def test_a_slot_gets_at_most_the_cap_of_added_arcs_the_commonest_pairs():
     assert len(network.slots[0]) == 2 + MAX_ADDED_ARCS
 
 
+def test_a_memo_of_networks_hands_out_copies_so_one_penalty_s_arcs_do_not_reach_the_next():
+    """Tune tries each penalty on the same networks: a memo that handed out its own network would keep the
+    first trial's arcs (the second would add none and keep their costs)."""
+    hyps = [{"text": "力史重演", "score": 0.0}, {"text": "力使重演", "score": -1.0}]
+    rescorer = Rescorer(TableScorer({}), confused(2.0, {"力": {"历": 3}, "史": {"始": 1}}), unit="char")
+    networks: dict = {}
+    for penalty in (2.0, 5.0, None, 5.0):
+        rescorer.weights.network = {**rescorer.weights.network, "confusion_penalty": penalty}
+        _, network, candidates = rescorer.network_candidates(hyps, networks)
+        _, fresh, fresh_candidates = rescorer.network_candidates(hyps)
+        assert (network.slots, network.shares, network.added) == (fresh.slots, fresh.shares, fresh.added)
+        assert candidates == fresh_candidates and len(networks) == 1
+    assert [set(slot) for slot in next(iter(networks.values())).slots] == [{("力",)}, {("史",), ("使",)},
+                                                                            {("重",)}, {("演",)}]
+
+
 def confused(penalty, table=None) -> Weights:
     return Weights(search="network", network={**UNLIMITED, "passes": 1, "confusion_penalty": penalty},
                    confusions=table if table is not None else {"力": {"历": 1}})

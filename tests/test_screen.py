@@ -16,6 +16,7 @@ from pipeline.errors import WeightsFileError
 from pipeline.metrics import edit_counts
 from pipeline.rescore import Rescorer, Weights
 from pipeline.screen import screen, stage_allowance
+from pipeline.search import SearchMemo
 from pipeline.weights import NETWORK_DEFAULTS
 from test_cli import write_json
 from test_rescore import TableScorer
@@ -70,8 +71,10 @@ class NgramTable(TableScorer):
     def __init__(self, table, ngram, default=-20.0):
         super().__init__(table, default)
         self.ngram = ngram
+        self.ngram_calls: list[list[str]] = []
 
     def score_ngram(self, texts):
+        self.ngram_calls.append(list(texts))
         return [self.ngram.get(text, -20.0) for text in texts]
 
 
@@ -197,3 +200,19 @@ def test_a_text_another_list_of_the_batch_scored_does_not_pass_a_lists_screen():
     alone = rescorer.rescore_batch(as_list[:1])[0].best
     together = rescorer.rescore_batch(as_list)[0].best
     assert alone == together == INPUTS[0]
+
+
+def test_searches_that_share_a_memo_rate_each_text_with_the_ngram_once_with_the_same_results():
+    """Tune runs many searches of one dev set (pipeline.tune_network): the second search with the memo of
+    the first asks the n-gram for nothing and finds what a search without a memo finds."""
+    scorer = NgramTable({INPUTS[0]: -10.0, "000000x000": -5.0, WANTED: -1.0}, {"000000x000": -2.0, WANTED: -2.0})
+    rescorer = Rescorer(scorer, Weights(search="network", network=search_settings(0.1, passes=2)), unit="char")
+    lists = [[{"text": t, "score": s} for t, s in zip(INPUTS, [0.0, -1.0, -1.0])]]
+    known = dict.fromkeys(INPUTS, (-10.0, None))
+    alone = rescorer.searched_bests(lists, dict(known), 2)
+    memo = SearchMemo()
+    first = rescorer.searched_bests(lists, dict(known), 2, memo)
+    scorer.ngram_calls.clear()
+    second = rescorer.searched_bests(lists, dict(known), 2, memo)
+    assert scorer.ngram_calls == [] and alone == first == second
+    assert second[0][-1] == {0: WANTED}
