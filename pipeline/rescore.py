@@ -136,10 +136,11 @@ class Rescorer:
         scores = [self.first_pass_score(h) for h in hyps]
         network = None
         if networks is not None:
-            key = (tuple(h["text"] for h in hyps), tuple(scores), settings["temperature"])
-            if key not in networks:
-                networks[key] = build_network(units, scores, settings["temperature"])
-            network = networks[key].copy()
+            key = (unit, tuple(h["text"] for h in hyps), tuple(scores), settings["temperature"])
+            network = networks.get(key)
+            if network is None:
+                network = networks[key] = build_network(units, scores, settings["temperature"])
+            network = network.copy()
         extend = None
         if self.weights.confusions and settings.get("confusion_penalty") is not None:
             extend = partial(add_confusable_arcs, table=self.weights.confusions, penalty=settings["confusion_penalty"],

@@ -181,12 +181,14 @@ class NetworkSearch:
         """{text: (forward, backward)} n-gram stand-ins for the LM scores: the backward model's n-gram, else
         the forward one's; 0 for a model without an n-gram (the rest of the total then decides alone).
         Each text is scored once per memo: the passes, and tune's searches, propose many texts again."""
-        new = list(dict.fromkeys(t for t in texts if t not in self.ngram_memo))
+        found = {t: self.ngram_memo[t] for t in texts if t in self.ngram_memo}
+        new = list(dict.fromkeys(t for t in texts if t not in found))
         if new:
             forward = ngram_alone(self.rescorer.scorer, new) or [0.0] * len(new)
             backward = None
             if self.rescorer.backward_scorer is not None:
                 backward = ngram_alone(self.rescorer.backward_scorer, new) or forward
-            self.ngram_memo.update((t, (f, backward[i] if backward else None))
-                                   for i, (t, f) in enumerate(zip(new, forward)))
-        return {t: self.ngram_memo[t] for t in texts}
+            scored = {t: (f, backward[i] if backward else None) for i, (t, f) in enumerate(zip(new, forward))}
+            self.ngram_memo.update(scored)
+            found.update(scored)
+        return found

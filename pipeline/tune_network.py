@@ -47,7 +47,7 @@ CONFUSION_COUNT_WEIGHTS = (0.0, 1.5, 3.0)
 
 
 def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, candidates: int | None = None,
-                 progress=None, decision: str = "map") -> tuple[dict, dict]:
+                 progress=None, decision: str = "map", memo: SearchMemo | None = None) -> tuple[dict, dict]:
     """Fit the network search (pipeline.network) on a dev set, the first-pass fields' weights as tuned.
 
     For each arc temperature on a grid, expand every list, score the new texts (each text once over
@@ -58,14 +58,15 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
     confusable units (:func:`fit_confusions`); with ``decision="mbr"``, fit the temperature of the MBR
     choice among the scored candidates. Returns the settings and figures (errors; the oracles of the
     network, of the arc-posterior fit's candidates and of the network with the confusable units; the
-    confusion table, or None).
+    confusion table, or None). Every search shares ``memo`` (a new one unless given: scripts/bench_tune.py
+    gives one that keeps less).
     """
     candidates = candidates or NETWORK_DEFAULTS["candidates"]
     lists = [u["hypotheses"] for u in utterances]
     first_pass = [[rescorer.first_pass_score(h) for h in hyps] for hyps in lists]
     spreads = [statistics.pstdev(s) for s in first_pass if len(s) > 1]
     scale = statistics.median(spreads) if spreads and statistics.median(spreads) > 0 else 1.0
-    memo = SearchMemo()  # shared by every search below
+    memo = SearchMemo() if memo is None else memo  # shared by every search below
     cache = memo.lm
     best = None
     network_oracle = None

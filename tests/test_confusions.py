@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -11,10 +12,13 @@ from pipeline.confusions import add_confusable_arcs, mine_confusions
 from pipeline.errors import WeightsFileError
 from pipeline.network import build_network
 from pipeline.rescore import Rescorer, Weights
+from pipeline.search import SearchMemo
 from pipeline.tune import tune_weights
+from pipeline.tune_network import tune_network
 from pipeline.weights import NETWORK_DEFAULTS, read_weights_file
 from test_network import UNLIMITED, combination_dev_set
 from test_rescore import TableScorer
+from test_screen import NgramTable
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
 
@@ -120,15 +124,15 @@ def test_tune_mines_the_dev_lists_and_keeps_the_confusions_that_reach_references
     assert result.best == "q s9" and not result.best_in_input
 
 
-def test_tune_leaves_the_confusions_out_where_they_do_not_cut_dev_errors():
-    utterances, table = combination_dev_set()  # every reference is a path of its network
-    weights, figures = tune_weights(Rescorer(TableScorer(table, default=-30.0)), utterances, "word",
-                                    search="network")
-    assert figures["searched"] == 0
-    assert weights.confusions is None and weights.network["confusion_penalty"] is None
+class KeepsNothing(dict):
+    def __setitem__(self, key, value):
+        pass
+
+    def update(self, *args, **kwargs):
+        pass
 
 
-def test_tune_tries_penalties_in_nats_of_the_lm_whatever_the_scale_of_the_first_pass_scores():
+def penalty_window_dev_set() -> tuple[list[dict], dict[str, float]]:
     """First-pass gaps of 100: to reach q in the v lists the LM weight must exceed 100/19 (about 5), so a
     penalty of 8 in score units is under 2 LM nats. The LM prefers q by 19 nats in the u lists (reference q)
     and by 3 in the w lists (reference p): only a penalty between 3 and 19 nats fixes the one and keeps the
@@ -144,6 +148,34 @@ def test_tune_tries_penalties_in_nats_of_the_lm_whatever_the_scale_of_the_first_
         utterances.append({"id": f"w{k}", "reference": f"p w{k}", "hypotheses": [
             {"text": f"p w{k}", "score": 0.0}, {"text": f"p z{k}", "score": -100.0}]})
         table[f"q w{k}"], table[f"p z{k}"] = -17.0, -25.0
+    return utterances, table
+
+
+def test_tune_fits_the_same_search_whether_its_trials_share_networks_and_ngram_ratings_or_not():
+    """The memo only saves work. Only a penalty of the later trials fits these lists: a trial that got a
+    network the first trial had added its arcs to would add none, and tune would fit another search."""
+    utterances, table = penalty_window_dev_set()
+    rescorer = Rescorer(NgramTable(table, {}, default=-20.0), unit="word")
+    plain, _ = tune_weights(rescorer, utterances, "word")
+    fitted = []
+    for memo in (SearchMemo(), SearchMemo(ngram=KeepsNothing(), networks=KeepsNothing())):
+        rescorer.weights = copy.deepcopy(plain)
+        fitted.append(tune_network(rescorer, utterances, "word", memo=memo))
+    assert fitted[0] == fitted[1]
+    assert fitted[0][1]["search_errors"] == 0
+
+
+def test_tune_leaves_the_confusions_out_where_they_do_not_cut_dev_errors():
+    utterances, table = combination_dev_set()  # every reference is a path of its network
+    weights, figures = tune_weights(Rescorer(TableScorer(table, default=-30.0)), utterances, "word",
+                                    search="network")
+    assert figures["searched"] == 0
+    assert weights.confusions is None and weights.network["confusion_penalty"] is None
+
+
+def test_tune_tries_penalties_in_nats_of_the_lm_whatever_the_scale_of_the_first_pass_scores():
+    """penalty_window_dev_set: only a penalty between 3 and 19 LM nats fits it."""
+    utterances, table = penalty_window_dev_set()
     weights, figures = tune_weights(Rescorer(TableScorer(table, default=-20.0)), utterances, "word", search="network")
     nats = weights.network["lm_weight"] + weights.network["backward_weight"]
     assert figures["searched"] == 0 and weights.confusions is not None
