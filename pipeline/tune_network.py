@@ -107,8 +107,8 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
     settings.update({k: rescorer.weights.network[k] for k in ("confusion_penalty", "confusion_count_weight")})
     confusion_oracle = None  # the floor of the networks with the confusable units' arcs
     if table is not None:
-        confusion_oracle = sum(list_oracle(rescorer.network_candidates(hyps, memo.networks) if hyps else None, u, unit)
-                               for hyps, u in zip(lists, utterances))
+        built = [rescorer.network_candidates(hyps, memo.networks) if hyps else None for hyps in lists]
+        confusion_oracle = sum(list_oracle(item, u, unit) for item, u in zip(built, utterances))
         log.info("network search, confusable units: the oracle of the networks with them makes %d errors", confusion_oracle)
     units = max(dev.reference_units, 1)
     if decision == "mbr":
