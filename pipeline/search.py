@@ -80,6 +80,22 @@ class SearchMemo:
     ngram: dict = field(default_factory=dict)
     networks: dict = field(default_factory=dict)
 
+    @classmethod
+    def lm_scores_only(cls) -> SearchMemo:
+        """A memo whose n-gram ratings and networks keep nothing (every lookup misses), as tune shared before
+        them: what scripts/bench_tune.py measures the sharing against."""
+        return cls(ngram=KeepsNothing(), networks=KeepsNothing())
+
+
+class KeepsNothing(dict):
+    """A dict that drops what is put in it."""
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+    def update(self, *args, **kwargs) -> None:
+        pass
+
 
 class NetworkSearch:
     """One search with a rescorer's LM scorers and its weights' network settings; ``memo`` shared with other
@@ -87,8 +103,9 @@ class NetworkSearch:
 
     def __init__(self, rescorer: Rescorer, memo: SearchMemo | None = None):
         self.rescorer = rescorer
-        self.memo = memo
+        self.lm_memo = memo.lm if memo is not None else None  # else the search's own `known` suffices
         self.ngram_memo = memo.ngram if memo is not None else {}
+        self.networks = memo.networks if memo is not None else None  # else each list is built once anyway
         settings = rescorer.weights.network
         self.search = SearchWeights(**{k: settings[k] for k in SearchWeights.__dataclass_fields__ if k in settings})
 
@@ -101,8 +118,7 @@ class NetworkSearch:
         ``known`` maps texts to (forward, backward) LM scores; the texts it lacks are scored and added,
         in each stage at most ``network["stage_budget"]`` times a list's size (pipeline.screen).
         """
-        networks = self.memo.networks if self.memo is not None else None
-        expanded = [self.rescorer.network_candidates(hyps, networks) if hyps else None for hyps in lists]
+        expanded = [self.rescorer.network_candidates(hyps, self.networks) if hyps else None for hyps in lists]
         inputs = [{h["text"] for h in hyps} for hyps in lists]
         budget = stage_budget(self.rescorer.weights.network)
         allowances = {k: stage_allowance(len(hyps), budget) for k, hyps in enumerate(lists)}
@@ -172,8 +188,7 @@ class NetworkSearch:
             return {(k, t): stage.total(k, t, proposals[k][t], cheap[t]) for k, t in pairs}
 
         chosen = screen(proposals, stage.seen, allowances, estimate)
-        self.rescorer.score_texts((t for texts in chosen.values() for t in texts), stage.known,
-                                  self.memo.lm if self.memo is not None else None)
+        self.rescorer.score_texts((t for texts in chosen.values() for t in texts), stage.known, self.lm_memo)
         for k, texts in chosen.items():
             stage.seen[k].update(texts)
 

@@ -125,6 +125,11 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
                       "confusion_oracle": None if confusion_oracle is None else confusion_oracle / units}
 
 
+def score_units_per_nat(network: dict) -> float:
+    """How many score units one nat of the LM is worth in the search's total: its LM weights' sum (1 without)."""
+    return (network["lm_weight"] + network["backward_weight"]) or 1.0
+
+
 def fit_confusions(rescorer: Rescorer, lists: Sequence[Sequence[dict]], utterances: Sequence[dict], unit: str,
                    memo: SearchMemo, errors: int, table: ConfusionTable) -> tuple[int, ConfusionTable | None]:
     """Search with the dev lists' confusion table (pipeline.confusions) at each of ``CONFUSION_PENALTIES`` and
@@ -133,7 +138,7 @@ def fit_confusions(rescorer: Rescorer, lists: Sequence[Sequence[dict]], utteranc
     those errors and the table; or ``errors`` and None, the penalty None, where none made fewer."""
     weights = rescorer.weights
     weights.confusions = table
-    nats = (weights.network["lm_weight"] + weights.network["backward_weight"]) or 1.0  # score units per LM nat
+    nats = score_units_per_nat(weights.network)
     best: tuple[int, float | None, float | None] = (errors, None, None)
     for count_weight in CONFUSION_COUNT_WEIGHTS:
         for penalty in CONFUSION_PENALTIES:

@@ -29,19 +29,9 @@ from pipeline.tune_network import tune_network
 from pipeline.weights import Weights
 
 
-class Forgetful(dict):
-    """A memo that keeps nothing: every lookup misses."""
-
-    def __setitem__(self, key, value) -> None:
-        pass
-
-    def update(self, *args, **kwargs) -> None:
-        pass
-
-
 VARIANTS = {
-    "shared networks and n-gram ratings": lambda: SearchMemo(),
-    "LM scores only": lambda: SearchMemo(ngram=Forgetful(), networks=Forgetful()),
+    "shared networks and n-gram ratings": SearchMemo,
+    "LM scores only": SearchMemo.lm_scores_only,
 }
 
 

@@ -33,7 +33,7 @@ from pipeline.metrics import detect_unit, error_counts, oracle_counts
 from pipeline.models import default_model_dir
 from pipeline.nbest import read_nbest
 from pipeline.tune import first_pass_fields, tune_weights
-from pipeline.tune_network import list_oracle
+from pipeline.tune_network import list_oracle, score_units_per_nat
 from pipeline.weights import NETWORK_DEFAULTS, Weights
 
 METHODS = {  # name: (decision, search, passes, with the confusable units); None: what tune chose
@@ -90,7 +90,7 @@ def confusion_settings(weights: Weights) -> str:
     network = weights.network
     if not weights.confusions or network.get("confusion_penalty") is None:
         return ", no confusable units"
-    nats = (network["lm_weight"] + network["backward_weight"]) or 1.0
+    nats = score_units_per_nat(network)
     return (f", confusable units at {network['confusion_penalty'] / nats:g} nats, count weight "
             f"{(network.get('confusion_count_weight') or 0.0) / nats:g}")
 

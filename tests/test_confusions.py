@@ -124,14 +124,6 @@ def test_tune_mines_the_dev_lists_and_keeps_the_confusions_that_reach_references
     assert result.best == "q s9" and not result.best_in_input
 
 
-class KeepsNothing(dict):
-    def __setitem__(self, key, value):
-        pass
-
-    def update(self, *args, **kwargs):
-        pass
-
-
 def penalty_window_dev_set() -> tuple[list[dict], dict[str, float]]:
     """First-pass gaps of 100: to reach q in the v lists the LM weight must exceed 100/19 (about 5), so a
     penalty of 8 in score units is under 2 LM nats. The LM prefers q by 19 nats in the u lists (reference q)
@@ -158,7 +150,7 @@ def test_tune_fits_the_same_search_whether_its_trials_share_networks_and_ngram_r
     rescorer = Rescorer(NgramTable(table, {}, default=-20.0), unit="word")
     plain, _ = tune_weights(rescorer, utterances, "word")
     fitted = []
-    for memo in (SearchMemo(), SearchMemo(ngram=KeepsNothing(), networks=KeepsNothing())):
+    for memo in (SearchMemo(), SearchMemo.lm_scores_only()):
         rescorer.weights = copy.deepcopy(plain)
         fitted.append(tune_network(rescorer, utterances, "word", memo=memo))
     assert fitted[0] == fitted[1]
