@@ -25,7 +25,7 @@ runner = CliRunner()
 
 
 def test_the_ngram_alone_scores_each_text_as_the_engine_scores_the_models_ngram_part(trained_lm):
-    texts = ENGLISH[:4] + CHINESE[:4] + ["god 的 light", ENGLISH[0], "x" * 3]
+    texts = ENGLISH[:4] + CHINESE[:4] + ["god 的 light", ENGLISH[0], "x" * 3, ""]  # lengths 0 to many
     cheap = SentenceScorer(trained_lm, threads=1).score_ngram(texts)
     engine = SentenceScorer(trained_lm.part("ngram"), threads=1).score(texts)
     assert cheap == pytest.approx(engine, abs=1e-9)
