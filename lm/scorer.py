@@ -19,9 +19,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from itertools import chain
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 import torch
 
@@ -205,7 +205,8 @@ class SentenceScorer:
         # Targets ``w1 .. wn </s>`` padded with </s>, filled in one call: the search's screen rates about 40 texts
         # for each one the LM scores, and a tensor a row cost more than the n-gram lookups themselves.
         targets = torch.full((len(sequences), longest), tok.eos_id, dtype=torch.int64)  # (B, L)
-        targets[positions < lengths[:, None] - 1] = torch.tensor(list(chain.from_iterable(sequences)), dtype=torch.int64)
+        tokens = torch.tensor(list(chain.from_iterable(sequences)), dtype=torch.int64)
+        targets[positions < lengths[:, None] - 1] = tokens  # row-major order: each sequence in turn
         inputs = torch.cat([torch.full((len(sequences), 1), tok.bos_id, dtype=torch.int64), targets[:, :-1]], dim=1)
         mask = positions < lengths[:, None]  # (B, L): the real positions
         logprobs = self.lm.ngram.logprobs(history_windows(inputs, width)[mask], targets[mask])
