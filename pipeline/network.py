@@ -211,15 +211,11 @@ def join_units(labels: Sequence[Label], unit: str) -> str:
 Candidate = tuple[float, float, list[Label]]  # arc log posterior, first-pass score (or estimate), labels
 
 
-def network_candidates(units: Sequence[Sequence[str]], scores: Sequence[float], unit: str, temperature: float,
-                       count: int, extend: Callable[[Network], None] | None = None,
-                       network: Network | None = None) -> tuple[Network, dict[str, Candidate]]:
-    """The network and {text: candidate} of its best ``count`` paths and of every input hypothesis's own
-    path (a text reached by several paths keeps its most probable; an input keeps its own score);
-    ``extend`` then changes the network in place (pipeline.confusions adds arcs the paths do not use).
-    ``network``: the one :func:`build_network` makes of these arguments, when the caller kept it (a copy,
-    since ``extend`` changes it)."""
-    network = build_network(units, scores, temperature) if network is None else network
+def network_candidates(network: Network, scores: Sequence[float], unit: str, count: int,
+                       extend: Callable[[Network], None] | None = None) -> dict[str, Candidate]:
+    """{text: candidate} of the network's best ``count`` paths and of every input hypothesis's own path (a
+    text reached by several paths keeps its most probable; an input keeps its own score of ``scores``);
+    ``extend`` then changes the network in place (pipeline.confusions adds arcs the paths do not use)."""
     own = {join_units(path, unit): float(score) for path, score in zip(network.paths, scores)}
     candidates: dict[str, Candidate] = {}
     paths = best_paths(network, count) + [(path_logpost(network, path), path) for path in network.paths]
@@ -230,7 +226,7 @@ def network_candidates(units: Sequence[Sequence[str]], scores: Sequence[float], 
             candidates[text] = (logpost, first_pass, list(labels))
     if extend is not None:
         extend(network)
-    return network, candidates
+    return candidates
 
 
 @dataclass

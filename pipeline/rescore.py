@@ -134,19 +134,19 @@ class Rescorer:
         settings = self.weights.network
         units = [split_units(h["text"], unit) for h in hyps]
         scores = [self.first_pass_score(h) for h in hyps]
-        network = None
-        if networks is not None:
+        if networks is None:
+            network = build_network(units, scores, settings["temperature"])
+        else:
             key = (unit, tuple(h["text"] for h in hyps), tuple(scores), settings["temperature"])
             network = networks.get(key)
             if network is None:
                 network = networks[key] = build_network(units, scores, settings["temperature"])
-            network = network.copy()
+            network = network.copy()  # the confusable units' arcs are added in place
         extend = None
         if self.weights.confusions and settings.get("confusion_penalty") is not None:
             extend = partial(add_confusable_arcs, table=self.weights.confusions, penalty=settings["confusion_penalty"],
                              count_weight=settings.get("confusion_count_weight") or 0.0)
-        network, candidates = network_candidates(units, scores, unit, settings["temperature"],
-                                                 int(settings["candidates"]), extend, network)
+        candidates = network_candidates(network, scores, unit, int(settings["candidates"]), extend)
         return unit, network, candidates
 
     def score_texts(self, texts: Iterable[str], known: dict, memo: dict | None = None) -> None:

@@ -67,7 +67,6 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
     spreads = [statistics.pstdev(s) for s in first_pass if len(s) > 1]
     scale = statistics.median(spreads) if spreads and statistics.median(spreads) > 0 else 1.0
     memo = SearchMemo() if memo is None else memo  # shared by every search below
-    cache = memo.lm
     best = None
     network_oracle = None
     for k, factor in enumerate(NETWORK_TEMPERATURES):
@@ -79,8 +78,8 @@ def tune_network(rescorer: Rescorer, utterances: Sequence[dict], unit: str, cand
             network_oracle = sum(list_oracle(item, u, unit) for item, u in zip(built, utterances))
             log.info("network search: the oracle of the networks makes %d errors", network_oracle)
             mined = mine_confusions(item[1] for item in built if item)
-        rescorer.score_texts((t for c in expanded for t in c), cache)
-        dev = network_dev_set(expanded, utterances, cache, unit, rescorer.backward_scorer is not None)
+        rescorer.score_texts((t for c in expanded for t in c), memo.lm)
+        dev = network_dev_set(expanded, utterances, memo.lm, unit, rescorer.backward_scorer is not None)
         vector, errors = search_weights(dev, dev.names[1:])
         oracle = int(dev.errors.masked_fill(~dev.valid, 10 ** 9).min(dim=1).values.sum())
         log.info("network search, temperature %.3g: %d errors (the candidates' oracle %d)", scale * factor, errors, oracle)

@@ -123,13 +123,14 @@ def test_with_a_zero_lm_weight_the_search_returns_the_arc_posterior_best_path():
 
 def test_no_expanded_paths_leave_the_inputs_alone_even_in_an_empty_network():
     assert best_paths(build_network([], [], 1.0), 0) == [] and best_paths(build_network([["a"]], [0.0], 1.0), 0) == []
-    _, candidates = network_candidates([list("ab"), list("xy")], [0.0, -1.0], "char", 1.0, count=0)
+    scores = [0.0, -1.0]
+    candidates = network_candidates(build_network([list("ab"), list("xy")], scores, 1.0), scores, "char", count=0)
     assert set(candidates) == {"ab", "xy"}  # not the combinations "ay", "xb"
 
 
 def test_candidates_hold_every_input_hypothesis():
     units = [list("abc"), list("abd"), list("xbc")]
-    _, candidates = network_candidates(units, [0.0, -1.0, -2.0], "char", 1.0, count=2)
+    candidates = network_candidates(build_network(units, [0.0, -1.0, -2.0], 1.0), [0.0, -1.0, -2.0], "char", count=2)
     assert {"abc", "abd", "xbc"} <= set(candidates)
 
 
@@ -376,7 +377,7 @@ def test_first_pass_shares_pin_each_single_run_and_add_up_over_a_combination():
 def test_candidates_keep_each_input_hypothesis_its_own_first_pass_score():
     units = [list("ab"), list("xb"), list("ay"), list("xy")]
     scores = [0.0, -1.0, -1.0, -5.0]  # "xy" scores 3 below the sum of its runs' shares
-    _, candidates = network_candidates(units, scores, "char", 1.0, count=4)
+    candidates = network_candidates(build_network(units, scores, 1.0), scores, "char", count=4)
     assert candidates["xy"][1] == -5.0
 
 
