@@ -27,6 +27,7 @@ class ModelConfig:
     tie_weights: bool = True
     embedding_dropout: float = 0.0
     weight_dropout: float = 0.0
+    layer_dropout: float | None = None  # between stacked layers; None: ``dropout`` (models trained before it)
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -34,9 +35,15 @@ class ModelConfig:
         for name in ("vocab_size", "embedding_dim", "hidden_dim", "num_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("dropout", "embedding_dropout", "weight_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("dropout", "embedding_dropout", "weight_dropout", "layer_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+
+    @property
+    def between_layers(self) -> float:
+        """The dropout on the outputs of each stacked layer but the last."""
+        return self.dropout if self.layer_dropout is None else self.layer_dropout
 
 
 class RnnLanguageModel(nn.Module):
@@ -48,9 +55,9 @@ class RnnLanguageModel(nn.Module):
 
     Regularisation follows Merity et al. 2018 ("Regularizing and Optimizing LSTM Language Models"),
     which matters on corpora of a few hundred thousand tokens: ``dropout`` uses one mask per sequence
-    on the embeddings and the outputs (and ordinary dropout between layers), ``embedding_dropout``
-    drops whole token types from a batch, ``weight_dropout`` drops recurrent (hidden-to-hidden) weights.
-    All three act in training only.
+    on the embeddings and the outputs, ``layer_dropout`` is ordinary dropout between stacked layers,
+    ``embedding_dropout`` drops whole token types from a batch, ``weight_dropout`` drops recurrent
+    (hidden-to-hidden) weights. All act in training only.
     """
 
     def __init__(self, config: ModelConfig):
@@ -61,7 +68,7 @@ class RnnLanguageModel(nn.Module):
             config.embedding_dim,
             config.hidden_dim,
             num_layers=config.num_layers,
-            dropout=config.dropout if config.num_layers > 1 else 0.0,
+            dropout=config.between_layers if config.num_layers > 1 else 0.0,
             batch_first=True,
         )
         output_dim = config.hidden_dim

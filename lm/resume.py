@@ -31,6 +31,9 @@ RESUMABLE_CHANGES = frozenset({"epochs", "max_minutes", "patience", "threads", "
                                "keep_checkpoint", "max_bad_steps", "show_progress"})
 # Options added since runs started recording run.json, with the value that does what older runs did.
 ADDED_OPTIONS = {"average_power": 0.0}
+# Model settings added since, as given when not given (None: the rule's choice, so a run started before
+# ``layer_dropout`` existed resumes with the rule's value between the layers instead of its ``dropout``).
+ADDED_MODEL_SETTINGS = {"layer_dropout": None}
 
 
 def check_out_dir(out_dir: Path, resume: bool) -> None:
@@ -53,7 +56,8 @@ def record_run_options(work_dir: Path, options: dict, resume: bool) -> None:
         return
     path = work_dir / RUN_FILE
     if resume and path.is_file():
-        saved = {**ADDED_OPTIONS, **json.loads(path.read_text(encoding="utf-8"))}
+        saved = with_added_settings({**ADDED_OPTIONS, **json.loads(path.read_text(encoding="utf-8"))})
+        options = with_added_settings(options)
         changed = sorted(k for k in set(saved) | set(options)
                          if k not in RESUMABLE_CHANGES and saved.get(k) != options.get(k))
         if changed:
@@ -61,6 +65,13 @@ def record_run_options(work_dir: Path, options: dict, resume: bool) -> None:
             raise TrainingError(f"{work_dir}: --resume with other options than the run started with ({details}); "
                                 "give the same options, or train into a new directory")
     atomic.atomic_write_json(path, options)
+
+
+def with_added_settings(options: dict) -> dict:
+    """Run options with every model setting added since in place, as given when not given."""
+    if not isinstance(options.get("model"), dict):
+        return options
+    return {**options, "model": {**ADDED_MODEL_SETTINGS, **options["model"]}}
 
 
 def save_checkpoint(session: Session) -> None:

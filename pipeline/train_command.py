@@ -15,7 +15,7 @@ DIRECTIONS = ("auto", "both", "forward", "backward")
 
 
 def run_train(corpus, output, valid, valid_fraction, exclude, vocab_size, model_type, cell, embedding_dim, hidden_dim,
-              num_layers, dropout, embedding_dropout, weight_dropout, tie_weights, ngram_order, ngram_min_count, epochs,
+              num_layers, dropout, layer_dropout, embedding_dropout, weight_dropout, tie_weights, ngram_order, ngram_min_count, epochs,
               max_minutes, batch_tokens, lr, warmup_steps, weight_decay, clip, patience, average_power, seed, device, precision, threads, direction,
               reverse, resume, keep_checkpoint, progress) -> None:
     from lm.bidirectional import choose_direction
@@ -34,6 +34,7 @@ def run_train(corpus, output, valid, valid_fraction, exclude, vocab_size, model_
     model_settings = dict(
         embedding_dim=embedding_dim, hidden_dim=hidden_dim, num_layers=num_layers, cell=cell, dropout=dropout,
         tie_weights=tie_weights, embedding_dropout=embedding_dropout, weight_dropout=weight_dropout,
+        layer_dropout=layer_dropout,
     )
     try:
         config = TrainConfig(

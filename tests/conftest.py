@@ -56,7 +56,8 @@ def tiny_train_config(**overrides) -> TrainConfig:
     return TrainConfig(**settings)
 
 
-TINY_MODEL = dict(embedding_dim=32, hidden_dim=32, num_layers=1, dropout=0.0, weight_dropout=0.0, embedding_dropout=0.0)
+TINY_MODEL = dict(embedding_dim=32, hidden_dim=32, num_layers=1, dropout=0.0, weight_dropout=0.0, embedding_dropout=0.0,
+                  layer_dropout=0.0)
 
 
 @pytest.fixture(scope="session")

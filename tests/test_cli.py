@@ -609,6 +609,7 @@ def test_debug_environment_variable_shows_the_exception(trained_model_dir, tmp_p
         (["--ngram-order", "1"], "error: n-gram order must be at least 2, got 1"),
         (["--ngram-min-count", "0"], "error: --ngram-min-count must be at least 1, got 0"),
         (["--weight-dropout", "1.0"], "error: weight_dropout must be in [0, 1), got 1.0"),
+        (["--layer-dropout", "-0.1"], "error: layer_dropout must be in [0, 1), got -0.1"),
         (["--direction", "sideways"], "error: --direction must be auto, both, forward or backward, got 'sideways'"),
     ],
 )

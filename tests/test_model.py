@@ -157,6 +157,7 @@ def test_select_and_concat_states_pick_batch_rows(cell):
         (dict(dropout=-0.1), "dropout must be in"),
         (dict(embedding_dropout=1.0), "embedding_dropout must be in"),
         (dict(weight_dropout=-0.5), "weight_dropout must be in"),
+        (dict(layer_dropout=1.0), "layer_dropout must be in"),
     ],
 )
 def test_bad_config_raises_value_error(settings, message):
@@ -219,6 +220,22 @@ def test_drop_connect_zeroes_the_given_share_and_rescales_the_rest():
     assert abs(1 - kept.float().mean().item() - 0.3) < 0.005  # 200,000 draws: 5 standard deviations
     assert torch.allclose(dropped[kept], weight[kept] / 0.7)
     assert abs(dropped.mean().item() / weight.mean().item() - 1) < 0.01  # the expected weight is unchanged
+
+
+def test_layer_dropout_acts_between_the_layers_alone_and_an_older_model_drops_its_dropout_there():
+    base = dict(vocab_size=50, embedding_dim=8, hidden_dim=16, num_layers=2, dropout=0.0)
+    x = torch.randint(0, 50, (4, 6), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    between = RnnLanguageModel(ModelConfig(**base, layer_dropout=0.5)).train()
+    assert not torch.allclose(between.hidden_states(x)[0], between.hidden_states(x)[0])  # a new mask each call
+    plain = RnnLanguageModel(ModelConfig(**base, layer_dropout=0.0)).train()
+    assert torch.equal(plain.hidden_states(x)[0], plain.hidden_states(x)[0])  # dropout 0 elsewhere: no noise
+    between.load_state_dict(plain.state_dict())  # the same weights: only training differs
+    with torch.no_grad():
+        assert torch.equal(between.eval().hidden_states(x)[0], plain.eval().hidden_states(x)[0])
+    # a config.json written before layer_dropout existed: its dropout acted between the layers too
+    assert RnnLanguageModel(ModelConfig(**{**base, "dropout": 0.3})).rnn.dropout == 0.3
+    assert RnnLanguageModel(ModelConfig(**{**base, "dropout": 0.3, "layer_dropout": 0.1})).rnn.dropout == 0.1
 
 
 @pytest.mark.parametrize("cell", list(CELLS))

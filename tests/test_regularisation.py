@@ -46,8 +46,8 @@ def test_a_corpus_under_the_threshold_gets_the_small_corpus_settings_and_one_at_
 def test_a_given_setting_is_kept_and_only_the_unset_ones_follow_the_corpus():
     settings, note = resolve_regularisation({**ARCHITECTURE, "dropout": 0.1, "weight_dropout": None}, 10, 50)
     assert (settings["dropout"], settings["weight_dropout"], settings["embedding_dropout"]) == (0.1, 0.3, 0.1)
-    assert "--dropout" not in note
-    given = {**ARCHITECTURE, "dropout": 0.1, "weight_dropout": 0.0, "embedding_dropout": 0.0}
+    assert settings["layer_dropout"] == 0.25 and "--dropout " not in note and "--layer-dropout 0.25" in note
+    given = {**ARCHITECTURE, "dropout": 0.1, "weight_dropout": 0.0, "embedding_dropout": 0.0, "layer_dropout": 0.1}
     assert resolve_regularisation(given, 10, 50) == (given, None)
 
 
@@ -103,7 +103,7 @@ def test_the_budget_is_not_timed_where_the_corpus_or_the_caller_decides():
         raise AssertionError("timed the budget")
 
     resolve_regularisation(ARCHITECTURE, int(threshold_tokens()) + 1, 50, never)  # a large corpus
-    given = {**ARCHITECTURE, "dropout": 0.5, "weight_dropout": 0.3, "embedding_dropout": 0.1}
+    given = {**ARCHITECTURE, "dropout": 0.5, "weight_dropout": 0.3, "embedding_dropout": 0.1, "layer_dropout": 0.25}
     assert resolve_regularisation(given, 10, 50, never) == (given, None)
 
 

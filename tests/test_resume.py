@@ -31,8 +31,9 @@ def config(**overrides) -> TrainConfig:
     return tiny_train_config(**{"epochs": 2, "batch_tokens": 128, "device": "cpu", **overrides})
 
 
-def train(out: Path, corpus: Path, train_config: TrainConfig | None = None, **kwargs) -> TrainState:
-    return run([corpus], out, TINY_MODEL, TokenizerConfig(vocab_size=VOCAB_SIZE), train_config or config(),
+def train(out: Path, corpus: Path, train_config: TrainConfig | None = None, model: dict | None = None,
+          **kwargs) -> TrainState:
+    return run([corpus], out, model or TINY_MODEL, TokenizerConfig(vocab_size=VOCAB_SIZE), train_config or config(),
                show_progress=False, **kwargs)
 
 
@@ -75,6 +76,21 @@ def test_a_run_from_before_weight_averaging_resumes_without_it(tmp_path, corpus)
     with pytest.raises(TrainingError, match=r"average_power: 0.0 then, 7.0 now"):
         train(out, corpus, config(keep_checkpoint=True, epochs=2, average_power=7.0), resume=True)
     state = train(out, corpus, config(keep_checkpoint=True, epochs=2), resume=True)
+    assert state.finished and state.epoch == 1  # accepted (the run had finished: nothing to do)
+
+
+def test_a_run_from_before_layer_dropout_resumes_with_the_options_it_was_given(tmp_path, corpus):
+    """Its run.json's model settings have no layer_dropout: not giving one now is giving the same options."""
+    out = tmp_path / "lm"
+    train(out, corpus, config(keep_checkpoint=True, epochs=1))
+    run_file = out / "train" / "run.json"
+    recorded = json.loads(run_file.read_text())
+    del recorded["model"]["layer_dropout"]
+    model = {k: v for k, v in TINY_MODEL.items() if k != "layer_dropout"}
+    run_file.write_text(json.dumps(recorded))
+    with pytest.raises(TrainingError, match=r"model: .* then, .*'layer_dropout': 0.1.* now"):
+        train(out, corpus, config(keep_checkpoint=True, epochs=2), model={**model, "layer_dropout": 0.1}, resume=True)
+    state = train(out, corpus, config(keep_checkpoint=True, epochs=2), model=model, resume=True)
     assert state.finished and state.epoch == 1  # accepted (the run had finished: nothing to do)
 
 
