@@ -31,8 +31,8 @@ RESUMABLE_CHANGES = frozenset({"epochs", "max_minutes", "patience", "threads", "
                                "keep_checkpoint", "max_bad_steps", "show_progress"})
 # Options added since runs started recording run.json, with the value that does what older runs did.
 ADDED_OPTIONS = {"average_power": 0.0}
-# Model settings added since, as given when not given (None: the rule's choice, so a run started before
-# ``layer_dropout`` existed resumes with the rule's value between the layers instead of its ``dropout``).
+# Model settings added since, and what a run recorded before them counts as having given: None, the rule's
+# choice (so a run started before ``layer_dropout`` resumes with the rule's value between the layers).
 ADDED_MODEL_SETTINGS = {"layer_dropout": None}
 
 
@@ -68,7 +68,7 @@ def record_run_options(work_dir: Path, options: dict, resume: bool) -> None:
 
 
 def with_added_settings(options: dict) -> dict:
-    """Run options with every model setting added since in place, as given when not given."""
+    """Run options with each model setting added since (``ADDED_MODEL_SETTINGS``) where they lack it."""
     if not isinstance(options.get("model"), dict):
         return options
     return {**options, "model": {**ADDED_MODEL_SETTINGS, **options["model"]}}

@@ -394,7 +394,8 @@ def overfitting_note(session: Session) -> str | None:
     if state.bad_epochs < config.patience or state.epoch >= config.epochs:
         return None
     left = 60 * config.max_minutes - elapsed_s(session) if config.max_minutes else None
-    stronger = [name for name, value in SMALL_CORPUS.items() if value > LARGE_CORPUS[name]]  # not layer_dropout
+    # the settings a small corpus raises (it lowers layer_dropout: less there measured better)
+    stronger = [name for name, value in SMALL_CORPUS.items() if value > LARGE_CORPUS[name]]
     weaker = [name for name in stronger if getattr(model, name) < SMALL_CORPUS[name]]
     if not weaker or (left is not None and left < 60):
         return None
