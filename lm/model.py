@@ -10,6 +10,9 @@ from torch import nn
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
+# The dropout settings of ModelConfig, each in [0, 1) (lm.regularisation chooses them by the corpus).
+DROPOUTS = ("dropout", "weight_dropout", "embedding_dropout", "layer_dropout")
+
 # LSTM state is a (h, c) tuple of (num_layers, N, H) tensors; GRU and RNN states are one such tensor.
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -35,7 +38,7 @@ class ModelConfig:
         for name in ("vocab_size", "embedding_dim", "hidden_dim", "num_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("dropout", "embedding_dropout", "weight_dropout", "layer_dropout"):
+        for name in DROPOUTS:
             value = getattr(self, name)
             if value is not None and not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")

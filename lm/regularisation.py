@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from lm.model import ModelConfig, RnnLanguageModel
+from lm.model import DROPOUTS, ModelConfig, RnnLanguageModel
 
-REGULARISERS = ("dropout", "weight_dropout", "embedding_dropout", "layer_dropout")
 LARGE_CORPUS = {"dropout": 0.4, "weight_dropout": 0.0, "embedding_dropout": 0.0, "layer_dropout": 0.4}
 # zh-rmrb, 22 epochs: between the layers 0.25 (AWD-LSTM's) beat the 0.5 of the embeddings and outputs
 SMALL_CORPUS = {"dropout": 0.5, "weight_dropout": 0.3, "embedding_dropout": 0.1, "layer_dropout": 0.25}
+# the settings a small corpus raises (it lowers layer_dropout: less there measured better)
+RAISED_FOR_SMALL_CORPUS = tuple(name for name in DROPOUTS if SMALL_CORPUS[name] > LARGE_CORPUS[name])
 SMALL_CORPUS_TOKENS_PER_WEIGHT = 0.06  # between zh-rmrb's 0.054 (overfits) and en-kjv's 0.135 (does not)
 # zh-rmrb: the strong settings won with 31 epochs and tied with 16; with 11, halfway settings beat them
 MIN_EPOCHS_FOR_SMALL_CORPUS = 24
@@ -30,7 +31,7 @@ MAX_EPOCHS_FOR_LARGE_CORPUS_SETTINGS = 4  # zh-rmrb: the large-corpus settings b
 
 def count_weights(model_settings: dict, vocab_size: int) -> int:
     """The trainable weights of the network these settings describe (tied weights counted once)."""
-    architecture = {k: v for k, v in model_settings.items() if k not in REGULARISERS}
+    architecture = {k: v for k, v in model_settings.items() if k not in DROPOUTS}
     model = RnnLanguageModel(ModelConfig(vocab_size=vocab_size, **architecture))
     return sum(p.numel() for p in model.parameters())
 
@@ -45,7 +46,7 @@ def resolve_regularisation(
     theirs (:func:`strength_for_epochs`). Returns the settings and a line
     saying what was chosen and why, or None when all were given.
     """
-    missing = [name for name in REGULARISERS if model_settings.get(name) is None]
+    missing = [name for name in DROPOUTS if model_settings.get(name) is None]
     if not missing:
         return dict(model_settings), None
     per_weight = train_tokens / count_weights(model_settings, vocab_size)

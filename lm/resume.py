@@ -36,6 +36,13 @@ ADDED_OPTIONS = {"average_power": 0.0}
 ADDED_MODEL_SETTINGS = {"layer_dropout": None}
 
 
+def with_added_options(options: dict) -> dict:
+    """Run options with each option and model setting added since in place where they lack it."""
+    model = options.get("model")
+    added = {"model": {**ADDED_MODEL_SETTINGS, **model}} if isinstance(model, dict) else {}
+    return {**ADDED_OPTIONS, **options, **added}
+
+
 def check_out_dir(out_dir: Path, resume: bool) -> None:
     """Refuse to train over an earlier run, finished or not, unless resuming it (checked by rank 0)."""
     if resume or distributed.launched_rank() != 0:
@@ -55,9 +62,9 @@ def record_run_options(work_dir: Path, options: dict, resume: bool) -> None:
     if distributed.launched_rank() != 0:
         return
     path = work_dir / RUN_FILE
+    options = with_added_options(options)
     if resume and path.is_file():
-        saved = with_added_settings({**ADDED_OPTIONS, **json.loads(path.read_text(encoding="utf-8"))})
-        options = with_added_settings(options)
+        saved = with_added_options(json.loads(path.read_text(encoding="utf-8")))
         changed = sorted(k for k in set(saved) | set(options)
                          if k not in RESUMABLE_CHANGES and saved.get(k) != options.get(k))
         if changed:
@@ -65,13 +72,6 @@ def record_run_options(work_dir: Path, options: dict, resume: bool) -> None:
             raise TrainingError(f"{work_dir}: --resume with other options than the run started with ({details}); "
                                 "give the same options, or train into a new directory")
     atomic.atomic_write_json(path, options)
-
-
-def with_added_settings(options: dict) -> dict:
-    """Run options with each model setting added since (``ADDED_MODEL_SETTINGS``) where they lack it."""
-    if not isinstance(options.get("model"), dict):
-        return options
-    return {**options, "model": {**ADDED_MODEL_SETTINGS, **options["model"]}}
 
 
 def save_checkpoint(session: Session) -> None:

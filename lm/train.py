@@ -43,7 +43,7 @@ from lm.metrics_log import append_metrics, perplexity_from_loss
 from lm.model import ModelConfig, RnnLanguageModel
 from lm.ngram import NgramModel
 from lm.progress import TrainingProgress
-from lm.regularisation import LARGE_CORPUS, SMALL_CORPUS, resolve_regularisation
+from lm.regularisation import RAISED_FOR_SMALL_CORPUS, SMALL_CORPUS, resolve_regularisation
 from lm.resume import (
     close_finished_run, finished_state, load_checkpoint, record_run_options, remove_stale_temporaries, save_checkpoint,
 )
@@ -394,9 +394,7 @@ def overfitting_note(session: Session) -> str | None:
     if state.bad_epochs < config.patience or state.epoch >= config.epochs:
         return None
     left = 60 * config.max_minutes - elapsed_s(session) if config.max_minutes else None
-    # the settings a small corpus raises (it lowers layer_dropout: less there measured better)
-    stronger = [name for name, value in SMALL_CORPUS.items() if value > LARGE_CORPUS[name]]
-    weaker = [name for name in stronger if getattr(model, name) < SMALL_CORPUS[name]]
+    weaker = [name for name in RAISED_FOR_SMALL_CORPUS if getattr(model, name) < SMALL_CORPUS[name]]
     if not weaker or (left is not None and left < 60):
         return None
     spare = f" with {left / 60:.0f} of the {config.max_minutes:g} minutes left" if left is not None else ""
