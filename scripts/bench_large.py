@@ -57,7 +57,7 @@ def run_rescore(path: Path, out: Path, model: str | None, jobs: int) -> tuple[fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=Path, help="a canonical n-best file to replicate")
     parser.add_argument("--utterances", type=int, default=20000)
     parser.add_argument("--hyps", type=int, default=10)

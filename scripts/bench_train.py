@@ -75,7 +75,7 @@ def timed_steps(model: RnnLanguageModel, optimizer: torch.optim.Optimizer, devic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--embedding-dim", type=int, default=ModelConfig.embedding_dim)
     parser.add_argument("--hidden-dim", type=int, nargs="+", default=[ModelConfig.hidden_dim],

@@ -36,7 +36,7 @@ VARIANTS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dev", type=Path)
     parser.add_argument("-m", "--model", type=Path)
     parser.add_argument("--utterances", type=int, default=100, help="the first N utterances of DEV (0: all)")

@@ -36,7 +36,7 @@ def rescore(source: list[str], weights: Path, model: list[str], out: Path) -> di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dev", type=Path)
     parser.add_argument("-m", "--model", type=Path)
     args = parser.parse_args()

@@ -29,7 +29,7 @@ def with_empty_hypothesis(dev: Path, out: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dev", type=Path)
     parser.add_argument("-m", "--model", help="model directory (default: the embedded model)")
     args = parser.parse_args()

@@ -96,10 +96,10 @@ def confusion_settings(weights: Weights) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dev", type=Path)
-    parser.add_argument("-m", "--model", type=Path)
-    parser.add_argument("--splits", type=int, default=10)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dev", type=Path, help="dev n-best file with references")
+    parser.add_argument("-m", "--model", type=Path, help="model directory (default: the embedded model)")
+    parser.add_argument("--splits", type=int, default=10, help="random halves to tune on and measure (default: 10)")
     parser.add_argument("--first-split", type=int, default=0,
                         help="seed of the first split (run splits 0-4 and 5-9 as two processes on two cores)")
     parser.add_argument("--candidates", type=int, help="paths the arc-posterior fit expands per list, and the most the first-pass fit tries "

@@ -94,7 +94,7 @@ def load_splits(model_dir: Path) -> tuple[TokenizedCorpus, TokenizedCorpus]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("text", type=Path, help="held-out sentences, one per line")
     parser.add_argument("--orders", type=int, nargs="+", default=[2, 3, 4])

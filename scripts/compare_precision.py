@@ -29,7 +29,7 @@ def rescore(utterances: list[dict], model: Path, weights: Weights, precision: st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("nbest", type=Path)
     parser.add_argument("-m", "--model", type=Path, required=True)
     parser.add_argument("--weights", type=Path, help="a weights file from 'asr-rescore tune' (default: lm_weight 1)")

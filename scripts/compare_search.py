@@ -1,5 +1,5 @@
 """Plain rescoring against the confusion-network search, tuned on one random half of a dev file and
-measured on the other (the CLI end to end), with the rescoring time of each:
+measured on the other (the CLI end to end), with the rescoring time of each.
 
     python scripts/compare_search.py ../shared/data/zh-rmrb/dev.nbest.json [-m MODEL_DIR] [--splits 3] [--passes N]
         [--candidates N] [--stage-budget F|none] [--against-budget F|none] [--without-confusions]
@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline.nbest import read_nbest
+
 
 def cli(*args: str) -> str:
     result = subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True)
@@ -38,10 +40,10 @@ def rescored_rate(source: Path, weights: Path, model: list[str], search: str, ou
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dev", type=Path)
-    parser.add_argument("-m", "--model", type=Path)
-    parser.add_argument("--splits", type=int, default=3)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dev", type=Path, help="dev n-best file with references")
+    parser.add_argument("-m", "--model", type=Path, help="model directory (default: the embedded model)")
+    parser.add_argument("--splits", type=int, default=3, help="random halves to tune on and measure (default: 3)")
     parser.add_argument("--passes", type=int, help="rounds of local changes (default: as tuned)")
     parser.add_argument("--candidates", type=int, help="paths expanded per list (default: as tuned)")
     parser.add_argument("--stage-budget", help="tune and rescore with this stage budget (default: tune's)")
@@ -52,7 +54,7 @@ def main() -> None:
                         "error rate and time ratio beside")
     args = parser.parse_args()
     model = ["-m", str(args.model)] if args.model else []
-    utterances = json.loads(args.dev.read_text(encoding="utf-8"))["utterances"]
+    utterances = read_nbest(args.dev)  # any layout rescore reads; the halves are written as JSON
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)

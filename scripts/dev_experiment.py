@@ -46,7 +46,7 @@ def run(rescorer: Rescorer, tune_set: list[dict], test_set: list[dict]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dev", type=Path)
     parser.add_argument("-m", "--model", type=Path, required=True)
     parser.add_argument("--backward-model", type=Path)

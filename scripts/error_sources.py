@@ -44,7 +44,7 @@ def text_total(search, network, inputs: dict[str, float], text: str, unit: str, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dev", type=Path, help="an n-best file whose utterances have references")
     parser.add_argument("-m", "--model", type=Path)
     parser.add_argument("--weights", type=Path, required=True, help="weights tuned with --search network")

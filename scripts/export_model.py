@@ -11,7 +11,7 @@ import torch
 
 from lm.checkpoint import load_model_dir, save_model_dir
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("source", type=Path)
 parser.add_argument("target", type=Path)
 parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
