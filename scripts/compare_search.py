@@ -54,7 +54,7 @@ def main() -> None:
                         "error rate and time ratio beside")
     args = parser.parse_args()
     model = ["-m", str(args.model)] if args.model else []
-    utterances = read_nbest(args.dev)  # any layout rescore reads; the halves are written as JSON
+    utterances = read_nbest(args.dev)  # JSON or JSON Lines (the halves are written as JSON)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
