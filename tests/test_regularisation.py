@@ -167,3 +167,18 @@ def test_training_on_a_small_corpus_times_its_steps_and_drops_the_strong_setting
     budget = json.loads((tmp_path / "lm" / "train" / BUDGET_FILE).read_text())
     assert budget["seconds_per_step"] == 3600.0 if slow else 0 < budget["seconds_per_step"] < 60
     assert ("the budget allows about" in caplog.text) == slow
+
+
+def test_the_train_commands_help_states_the_defaults_this_module_chooses():
+    """The CLI names the defaults in its help without importing torch; this keeps the two the same."""
+    import typing
+
+    from lm.model import DROPOUTS
+    from pipeline.cli import train as train_command
+
+    hints = typing.get_type_hints(train_command, include_extras=True)
+    for name in DROPOUTS:
+        help_text = next(m.help for m in hints[name].__metadata__ if hasattr(m, "help"))
+        assert f"default: {LARGE_CORPUS[name]:g}, or {SMALL_CORPUS[name]:g} for a small corpus" in help_text, name
+        if name in ("dropout", "layer_dropout"):
+            assert f"with {MIN_EPOCHS_FOR_SMALL_CORPUS} epochs in the budget" in help_text, name
