@@ -6,6 +6,8 @@
     python scripts/bench_train.py --threads 1 --precisions fp32 --batch-tokens 512 --length 17 \
         --dropout 0.44 --weight-dropout 0.12 --embedding-dropout 0.04 \
         --variants current unfused-adamw bernoulli-masks before
+    python scripts/bench_train.py --threads 1 --precisions bf16 --batch-tokens 512 --length 17 \
+        --dropout 0.5 --weight-dropout 0.3 --embedding-dropout 0.1 --variants current float32-loss
 
 Each configuration runs a few warm-up steps, then times full training steps (forward, backward,
 clipping, AdamW) on random sentences of realistic lengths; the ratios to the first row are printed.
@@ -35,11 +37,17 @@ def random_batch(batch_tokens: int, vocab: int, length: int, device: torch.devic
 
 # Earlier implementations of a training step's parts, timed beside the current ones.
 VARIANTS = {
-    "current": {"fused": True, "bernoulli": False},
-    "unfused-adamw": {"fused": False, "bernoulli": False},  # AdamW's per-parameter loop
-    "bernoulli-masks": {"fused": True, "bernoulli": True},  # DropConnect masks from F.dropout
-    "before": {"fused": False, "bernoulli": True},  # both, as training ran before
+    "current": {"fused": True, "bernoulli": False, "float32_loss": False},
+    "unfused-adamw": {"fused": False, "bernoulli": False, "float32_loss": False},  # AdamW's per-parameter loop
+    "bernoulli-masks": {"fused": True, "bernoulli": True, "float32_loss": False},  # DropConnect masks from F.dropout
+    "before": {"fused": False, "bernoulli": True, "float32_loss": False},  # both, as training ran before
+    "float32-loss": {"fused": True, "bernoulli": False, "float32_loss": True},  # under bf16 autocast too
 }
+
+
+def float32_token_logprobs(self: RnnLanguageModel, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The training loss before stop 51: the log-softmax in float32 whatever the autocast."""
+    return -F.cross_entropy(self.output_linear(hidden).float(), targets, reduction="none")
 
 
 def tokens_per_second(model_config: ModelConfig, device: torch.device, bf16: bool, args, variant: str) -> float:
@@ -47,9 +55,11 @@ def tokens_per_second(model_config: ModelConfig, device: torch.device, bf16: boo
     model = RnnLanguageModel(model_config).to(device).train()
     fused = VARIANTS[variant]["fused"] and device.type in FUSED_ADAMW_DEVICES
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=fused or None)
-    bernoulli = VARIANTS[variant]["bernoulli"]
+    bernoulli, float32_loss = VARIANTS[variant]["bernoulli"], VARIANTS[variant]["float32_loss"]
     masks = mock.patch("lm.model.drop_connect", F.dropout) if bernoulli else contextlib.nullcontext()
-    with masks:
+    loss = (mock.patch.object(RnnLanguageModel, "token_logprobs", float32_token_logprobs) if float32_loss
+            else contextlib.nullcontext())
+    with masks, loss:
         return timed_steps(model, optimizer, device, bf16, args)
 
 

@@ -93,6 +93,34 @@ def test_token_logprobs_match_log_softmax():
         assert torch.allclose(model.token_logprobs(hidden, targets), expected, atol=1e-5)
 
 
+def test_under_bf16_autocast_only_training_takes_the_log_softmax_in_bf16():
+    """Scoring and validation keep a float32 log-softmax; a training step's loss and gradient stay close to it."""
+    model = sharp_model(vocab_size=300)
+    generator = torch.Generator().manual_seed(2)
+    targets = torch.randint(0, 300, (40,), generator=generator)
+    hidden = torch.randn(40, 8, generator=generator)
+
+    def logprobs_and_gradient(training: bool, exact: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        model.train(training)
+        leaf = hidden.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if exact:
+                logits = model.output_linear(leaf).float()
+                values = torch.log_softmax(logits, dim=-1)[torch.arange(40), targets]
+            else:
+                values = model.token_logprobs(leaf, targets)
+        values.sum().backward()
+        return values.detach(), leaf.grad
+
+    exact, exact_gradient = logprobs_and_gradient(False, exact=True)
+    scored, _ = logprobs_and_gradient(False, exact=False)
+    trained, trained_gradient = logprobs_and_gradient(True, exact=False)
+    assert torch.equal(scored, exact)
+    assert trained.dtype == torch.float32 and not torch.equal(trained, exact)  # the bf16 path did run
+    assert (trained - exact).abs().max() < 0.1  # bf16's resolution at these log-probabilities
+    assert (trained_gradient - exact_gradient).norm() < 0.02 * exact_gradient.norm()
+
+
 def test_tied_weights_share_one_tensor():
     model = RnnLanguageModel(ModelConfig(vocab_size=20, embedding_dim=8, hidden_dim=8, num_layers=1))
     assert model.output_linear.weight is model.input_embedding.weight
