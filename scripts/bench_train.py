@@ -35,13 +35,14 @@ def random_batch(batch_tokens: int, vocab: int, length: int, device: torch.devic
     return x, y, torch.full((rows,), length, device=device)
 
 
-# Earlier implementations of a training step's parts, timed beside the current ones.
+# Earlier implementations of a training step's parts, timed beside the current ones: each variant
+# names the parts it takes from before.
 VARIANTS = {
-    "current": {"fused": True, "bernoulli": False, "float32_loss": False},
-    "unfused-adamw": {"fused": False, "bernoulli": False, "float32_loss": False},  # AdamW's per-parameter loop
-    "bernoulli-masks": {"fused": True, "bernoulli": True, "float32_loss": False},  # DropConnect masks from F.dropout
-    "before": {"fused": False, "bernoulli": True, "float32_loss": False},  # both, as training ran before
-    "float32-loss": {"fused": True, "bernoulli": False, "float32_loss": True},  # under bf16 autocast too
+    "current": frozenset(),
+    "unfused-adamw": {"unfused-adamw"},  # AdamW's per-parameter loop
+    "bernoulli-masks": {"bernoulli-masks"},  # DropConnect masks from F.dropout
+    "before": {"unfused-adamw", "bernoulli-masks"},  # both, as training ran before
+    "float32-loss": {"float32-loss"},  # the loss's log-softmax in float32 under bf16 autocast too
 }
 
 
@@ -53,12 +54,13 @@ def float32_token_logprobs(self: RnnLanguageModel, hidden: torch.Tensor, targets
 def tokens_per_second(model_config: ModelConfig, device: torch.device, bf16: bool, args, variant: str) -> float:
     torch.manual_seed(0)
     model = RnnLanguageModel(model_config).to(device).train()
-    fused = VARIANTS[variant]["fused"] and device.type in FUSED_ADAMW_DEVICES
+    earlier = VARIANTS[variant]
+    fused = "unfused-adamw" not in earlier and device.type in FUSED_ADAMW_DEVICES
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=fused or None)
-    bernoulli, float32_loss = VARIANTS[variant]["bernoulli"], VARIANTS[variant]["float32_loss"]
-    masks = mock.patch("lm.model.drop_connect", F.dropout) if bernoulli else contextlib.nullcontext()
-    loss = (mock.patch.object(RnnLanguageModel, "token_logprobs", float32_token_logprobs) if float32_loss
-            else contextlib.nullcontext())
+    masks = (mock.patch("lm.model.drop_connect", F.dropout)
+             if "bernoulli-masks" in earlier else contextlib.nullcontext())
+    loss = (mock.patch.object(RnnLanguageModel, "token_logprobs", float32_token_logprobs)
+            if "float32-loss" in earlier else contextlib.nullcontext())
     with masks, loss:
         return timed_steps(model, optimizer, device, bf16, args)
 

@@ -2,6 +2,7 @@
 
 import json
 import types
+import typing
 
 import pytest
 import torch
@@ -11,12 +12,14 @@ from lm import budget, regularisation, train
 from lm.budget import BUDGET_FILE, TIMED_STEPS, epochs_in_budget, planned_epochs, time_steps
 from lm.distributed import World
 from lm.launch import run
+from lm.model import DROPOUTS
 from lm.regularisation import (
     LARGE_CORPUS, MAX_EPOCHS_FOR_LARGE_CORPUS_SETTINGS, MIN_EPOCHS_FOR_SMALL_CORPUS, SMALL_CORPUS, count_weights,
     resolve_regularisation, strength_for_epochs,
 )
 from lm.session import TrainConfig
 from lm.tokenizer import TokenizerConfig
+from pipeline import cli
 
 ARCHITECTURE = dict(embedding_dim=16, hidden_dim=24, num_layers=2, cell="lstm", tie_weights=True)
 
@@ -171,12 +174,7 @@ def test_training_on_a_small_corpus_times_its_steps_and_drops_the_strong_setting
 
 def test_the_train_commands_help_states_the_defaults_this_module_chooses():
     """The CLI names the defaults in its help without importing torch; this keeps the two the same."""
-    import typing
-
-    from lm.model import DROPOUTS
-    from pipeline.cli import train as train_command
-
-    hints = typing.get_type_hints(train_command, include_extras=True)
+    hints = typing.get_type_hints(cli.train, include_extras=True)
     for name in DROPOUTS:
         help_text = next(m.help for m in hints[name].__metadata__ if hasattr(m, "help"))
         assert f"default: {LARGE_CORPUS[name]:g}, or {SMALL_CORPUS[name]:g} for a small corpus" in help_text, name
