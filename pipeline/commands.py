@@ -24,6 +24,7 @@ from pipeline.models import check_device, default_model_dir, load_scorer
 from pipeline.nbest import NbestFormatError, read_nbest
 from pipeline.progress import progress_bar, stderr
 from pipeline.rescore import Rescorer
+from pipeline.tune_network import CONFUSION_MIN_GAIN
 from pipeline.weights import (
     DECISIONS, SEARCHES, Weights, check_finite_options, check_tuned_for, model_record, read_weights_file, weights_for_model,
 )
@@ -276,7 +277,7 @@ def run_tune(dev_nbest, output, model, score_fields, backward_model, unit, preci
                          f"{tuned.network['confusion_count_weight']:.3g}, oracle of the network with them "
                          f"{100 * figures['confusion_oracle']:.2f}%")
         else:
-            stderr.print("confusable units: not kept (no fewer dev errors)")
+            stderr.print(f"confusable units: not kept (they did not cut the dev errors by {CONFUSION_MIN_GAIN:.0%})")
     shown = {**tuned.__dict__, "confusions": f"{len(tuned.confusions)} units" if tuned.confusions else None}
     stderr.print(f"weights: {json.dumps(shown, ensure_ascii=False)} -> {output}")
 

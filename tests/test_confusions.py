@@ -103,15 +103,7 @@ def test_the_search_takes_a_confusable_unit_only_where_the_lm_prefers_it_by_more
 def test_tune_mines_the_dev_lists_and_keeps_the_confusions_that_reach_references_outside_the_networks(tmp_path):
     """q stands beside p in the slots of three lists (the LM's choice); in three others only p does, and q
     is their reference's."""
-    utterances, table = [], {}
-    for k in range(3):
-        utterances.append({"id": f"v{k}", "reference": f"q r{k}", "hypotheses": [
-            {"text": f"p r{k}", "score": 0.0}, {"text": f"q r{k}", "score": -0.5}]})
-        table[f"q r{k}"] = -1.0
-    for k in range(3):
-        utterances.append({"id": f"u{k}", "reference": f"q s{k}", "hypotheses": [
-            {"text": f"p s{k}", "score": 0.0}, {"text": f"p t{k}", "score": -0.5}]})
-        table[f"q s{k}"] = -1.0
+    utterances, table = confusion_dev_set(unfixable=0)
     weights, figures = tune_weights(Rescorer(TableScorer(table, default=-20.0)), utterances, "word", search="network")
     assert figures["searched"] == 0 < figures["network_oracle"]  # beyond the networks' own floor
     assert weights.search == "network" and weights.network["confusion_penalty"] is not None
@@ -122,6 +114,23 @@ def test_tune_mines_the_dev_lists_and_keeps_the_confusions_that_reach_references
     assert loaded.confusions == weights.confusions and loaded.network == weights.network
     result = Rescorer(TableScorer({"q s9": -1.0}, default=-20.0), loaded).rescore(["p s9", "p t9"], [0.0, -0.5])
     assert result.best == "q s9" and not result.best_in_input
+
+
+def confusion_dev_set(unfixable: int) -> tuple[list[dict], dict[str, float]]:
+    """q stands beside p in the slots of three lists; in three others only p does, and q is their reference's
+    (the confusable unit fixes their three errors); ``unfixable`` more lists of one hypothesis one error off."""
+    utterances, table = [], {}
+    for k in range(3):
+        utterances.append({"id": f"v{k}", "reference": f"q r{k}", "hypotheses": [
+            {"text": f"p r{k}", "score": 0.0}, {"text": f"q r{k}", "score": -0.5}]})
+        table[f"q r{k}"] = -1.0
+    for k in range(3):
+        utterances.append({"id": f"u{k}", "reference": f"q s{k}", "hypotheses": [
+            {"text": f"p s{k}", "score": 0.0}, {"text": f"p t{k}", "score": -0.5}]})
+        table[f"q s{k}"] = -1.0
+    for k in range(unfixable):
+        utterances.append({"id": f"w{k}", "reference": f"o{k} n{k}", "hypotheses": [{"text": f"m{k} n{k}", "score": 0.0}]})
+    return utterances, table
 
 
 def penalty_window_dev_set() -> tuple[list[dict], dict[str, float]]:
@@ -163,6 +172,18 @@ def test_tune_leaves_the_confusions_out_where_they_do_not_cut_dev_errors():
                                     search="network")
     assert figures["searched"] == 0
     assert weights.confusions is None and weights.network["confusion_penalty"] is None
+
+
+@pytest.mark.parametrize("unfixable, kept", [(146, True), (148, False)])
+def test_tune_keeps_the_confusions_only_where_they_cut_at_least_the_minimum_share_of_dev_errors(unfixable, kept):
+    """They fix 3 errors: of 149, 2.01% (kept); of 151, 1.99% (under CONFUSION_MIN_GAIN's 2%: chance, for
+    the best of the pairs tried), and then the search without them is no better than plain rescoring."""
+    utterances, table = confusion_dev_set(unfixable)
+    weights, figures = tune_weights(Rescorer(TableScorer(table, default=-20.0)), utterances, "word", search="network")
+    assert (weights.confusions is not None) == kept
+    assert (weights.network["confusion_penalty"] is not None) == kept
+    assert figures["searched"] * 2 * (6 + unfixable) == pytest.approx(unfixable + (0 if kept else 3))
+    assert weights.search == ("network" if kept else "none")  # without them no better than plain rescoring
 
 
 def test_tune_tries_penalties_in_nats_of_the_lm_whatever_the_scale_of_the_first_pass_scores():

@@ -144,6 +144,9 @@ def test_tune_with_search_records_it_and_rescore_applies_it(trained_model_dir, t
     network = tuned["weights"]["network"]
     assert network["candidates"] in (*FIRST_PASS_CANDIDATES, NETWORK_DEFAULTS["candidates"]) and network["passes"] in range(5)
     assert tuned["dev"]["network_oracle"] <= tuned["dev"]["oracle"]
+    kept = "mined from the dev lists): penalty" in result.output  # the table's size and cost, or why it was left out
+    assert kept == bool(tuned["weights"].get("confusions"))
+    assert kept != ("confusable units: not kept (they did not cut the dev errors by 2%)" in result.output)
     applied = runner.invoke(app, ["rescore", str(source), "-m", str(trained_model_dir), "--weights", str(weights),
                                   "--search", "network"])
     assert applied.exit_code == 0, applied.output
