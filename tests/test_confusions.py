@@ -100,22 +100,6 @@ def test_the_search_takes_a_confusable_unit_only_where_the_lm_prefers_it_by_more
     assert result.best_in_input == (best != "历史重演")
 
 
-def test_tune_mines_the_dev_lists_and_keeps_the_confusions_that_reach_references_outside_the_networks(tmp_path):
-    """q stands beside p in the slots of three lists (the LM's choice); in three others only p does, and q
-    is their reference's."""
-    utterances, table = confusion_dev_set(unfixable=0)
-    weights, figures = tune_weights(Rescorer(TableScorer(table, default=-20.0)), utterances, "word", search="network")
-    assert figures["searched"] == 0 < figures["network_oracle"]  # beyond the networks' own floor
-    assert weights.search == "network" and weights.network["confusion_penalty"] is not None
-    assert weights.confusions["p"] == {"q": 3} and weights.confusions["s0"] == {"t0": 1}
-    weights.save(tmp_path / "w.json")
-    assert json.loads((tmp_path / "w.json").read_text())["weights"]["confusions"]["p"] == "q:3"  # one line a unit
-    loaded, _ = read_weights_file(tmp_path / "w.json")
-    assert loaded.confusions == weights.confusions and loaded.network == weights.network
-    result = Rescorer(TableScorer({"q s9": -1.0}, default=-20.0), loaded).rescore(["p s9", "p t9"], [0.0, -0.5])
-    assert result.best == "q s9" and not result.best_in_input
-
-
 def confusion_dev_set(unfixable: int) -> tuple[list[dict], dict[str, float]]:
     """q stands beside p in the slots of three lists; in three others only p does, and q is their reference's
     (the confusable unit fixes their three errors); ``unfixable`` more lists of one hypothesis one error off."""
@@ -131,6 +115,21 @@ def confusion_dev_set(unfixable: int) -> tuple[list[dict], dict[str, float]]:
     for k in range(unfixable):
         utterances.append({"id": f"w{k}", "reference": f"o{k} n{k}", "hypotheses": [{"text": f"m{k} n{k}", "score": 0.0}]})
     return utterances, table
+
+
+def test_tune_mines_the_dev_lists_and_keeps_the_confusions_that_reach_references_outside_the_networks(tmp_path):
+    """confusion_dev_set: the confusable unit q fixes every error."""
+    utterances, table = confusion_dev_set(unfixable=0)
+    weights, figures = tune_weights(Rescorer(TableScorer(table, default=-20.0)), utterances, "word", search="network")
+    assert figures["searched"] == 0 < figures["network_oracle"]  # beyond the networks' own floor
+    assert weights.search == "network" and weights.network["confusion_penalty"] is not None
+    assert weights.confusions["p"] == {"q": 3} and weights.confusions["s0"] == {"t0": 1}
+    weights.save(tmp_path / "w.json")
+    assert json.loads((tmp_path / "w.json").read_text())["weights"]["confusions"]["p"] == "q:3"  # one line a unit
+    loaded, _ = read_weights_file(tmp_path / "w.json")
+    assert loaded.confusions == weights.confusions and loaded.network == weights.network
+    result = Rescorer(TableScorer({"q s9": -1.0}, default=-20.0), loaded).rescore(["p s9", "p t9"], [0.0, -0.5])
+    assert result.best == "q s9" and not result.best_in_input
 
 
 def penalty_window_dev_set() -> tuple[list[dict], dict[str, float]]:
