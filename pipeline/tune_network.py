@@ -140,8 +140,8 @@ def fit_confusions(rescorer: Rescorer, lists: Sequence[Sequence[dict]], utteranc
     """Search with the dev lists' confusion table (pipeline.confusions) at each of ``CONFUSION_PENALTIES`` and
     ``CONFUSION_COUNT_WEIGHTS`` (times the LM weights), the other settings as fitted (``errors`` without
     it). Sets the rescorer's penalty and count weight to the pair that made the fewest errors, and returns
-    those errors and the table; or ``errors`` and None, the penalty None, where none made
-    ``CONFUSION_MIN_GAIN`` of them fewer."""
+    those errors and the table; or ``errors`` and None, the penalty None, where the best did not make
+    at least a ``CONFUSION_MIN_GAIN`` share of them fewer."""
     weights = rescorer.weights
     weights.confusions = table
     nats = score_units_per_nat(weights.network)
