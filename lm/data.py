@@ -125,28 +125,20 @@ def load_tokenized(prefix: Path) -> TokenizedCorpus | None:
     return TokenizedCorpus(ids=ids, offsets=offsets)
 
 
-# Batch widths are padded to a multiple of this: oneDNN's recurrent kernels are built per tensor shape,
-# so fewer distinct shapes train faster (measured 1.3-1.7x on CPU, scripts/bench_train.py shapes).
-SHAPE_STEP = 8
-
-
-def round_up(n: int, step: int) -> int:
-    return -(-n // step) * step
-
-
 def make_batches(
     lengths: torch.Tensor, batch_tokens: int, generator: torch.Generator, max_length: int
 ) -> list[torch.Tensor]:
     """Group sentence indices into batches of similar length with at most ``batch_tokens`` padded tokens.
 
     Sentences are shuffled, sorted by length (so ties stay shuffled), cut into batches, and the batch
-    order is shuffled: every epoch sees a different grouping, and padding stays small.
+    order is shuffled: every epoch sees a different grouping, and a batch is padded only to its longest
+    sentence, which the sort keeps close to the others.
     """
     permutation = torch.randperm(lengths.numel(), generator=generator)
     clipped = (lengths[permutation] + 1).clamp(max=max_length)  # + 1 for </s>
-    order = permutation[torch.argsort(clipped, stable=True)]
+    by_length = torch.argsort(clipped, stable=True)
+    order, sorted_lengths = permutation[by_length], clipped[by_length].tolist()
     batches, start = [], 0
-    sorted_lengths = [round_up((n + 1), SHAPE_STEP) for n in lengths[order].clamp(max=max_length - 1).tolist()]
     while start < len(order):
         end = start + 1
         while end < len(order) and (end - start + 1) * sorted_lengths[end] <= batch_tokens:
@@ -167,7 +159,7 @@ def collate(
     """
     sentences = [corpus.sentence(int(i))[: max_length - 1].long() for i in indices]
     lengths = torch.tensor([s.numel() + 1 for s in sentences], dtype=torch.int64)
-    L = round_up(int(lengths.max()), SHAPE_STEP)
+    L = int(lengths.max())
     x = torch.full((len(sentences), L), tokenizer.pad_id, dtype=torch.int64)
     y = torch.full((len(sentences), L), tokenizer.pad_id, dtype=torch.int64)
     for row, sentence in enumerate(sentences):

@@ -182,11 +182,16 @@ def locked_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 def drop_connect(weight: torch.Tensor, p: float) -> torch.Tensor:
     """Zero each element of ``weight`` with probability ``p`` and scale the rest by 1 / (1 - p).
 
-    What ``F.dropout`` does, from one uniform draw and one multiplication by the scaled mask: on a CPU
-    the default network's two 1M-element masks cost 14 ms a step instead of 19, forward and backward.
+    The mask compares 16-bit random integers, four cut from each 64-bit draw, with a threshold, so ``p``
+    is rounded to a multiple of 1/65,536: on a CPU the default network's two 1M-element masks cost 10 ms
+    a step, forward and backward, against 15 ms from uniform floats and 19 ms with ``F.dropout``.
     """
-    scaled_keep = (torch.rand_like(weight) >= p).to(weight.dtype) * (1 / (1 - p))
-    return weight * scaled_keep
+    count = weight.numel()
+    # the whole int64 range: random_()'s default range leaves every fourth 16-bit lane non-negative
+    words = torch.empty(-(-count // 4), dtype=torch.int64, device=weight.device).random_(-(2**63), 2**63 - 1)
+    bits = words.view(torch.int16)[:count].view(weight.shape)
+    keep = bits >= min(round(p * 65536), 65535) - 32768
+    return weight * (keep.to(weight.dtype) * (1 / (1 - p)))
 
 
 def select_state(state: State, index: torch.Tensor) -> State:

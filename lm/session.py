@@ -34,7 +34,7 @@ class TrainConfig:
 
     epochs: int = 30
     max_minutes: float | None = 50.0
-    batch_tokens: int = 512
+    batch_tokens: int = 448
     lr: float = 3e-3
     min_lr_ratio: float = 0.02
     warmup_steps: int = 100

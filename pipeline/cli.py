@@ -98,7 +98,7 @@ def train(
     ngram_min_count: Annotated[int, typer.Option(help="Drop n-grams of order 2+ seen fewer times (smaller model).")] = 1,
     epochs: Annotated[int, typer.Option(help="Most epochs to train.")] = 40,
     max_minutes: Annotated[float, typer.Option(help="Stop cleanly after this much training time (0: no limit).")] = 50.0,
-    batch_tokens: Annotated[int, typer.Option(help="Padded tokens per batch (per process under torchrun).")] = 512,
+    batch_tokens: Annotated[int, typer.Option(help="Tokens per batch, padding included (per process under torchrun).")] = 448,
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (warm-up, then cosine decay).")] = 3e-3,
     warmup_steps: Annotated[int, typer.Option(help="Steps of linear learning-rate warm-up.")] = 100,
     weight_decay: Annotated[float, typer.Option(help="AdamW's decoupled weight decay (each step shrinks the weights by lr x this).")] = 0.01,

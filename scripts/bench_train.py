@@ -8,9 +8,13 @@
         --variants current unfused-adamw bernoulli-masks before
     python scripts/bench_train.py --threads 1 --precisions bf16 --batch-tokens 512 --length 17 \
         --dropout 0.5 --weight-dropout 0.3 --embedding-dropout 0.1 --variants current float32-loss
+    python scripts/bench_train.py --threads 1 --precisions fp32 --batch-tokens 448 512 --corpus exp/zh/train/train \
+        --dropout 0.43 --weight-dropout 0.1 --embedding-dropout 0.03 --variants current before-stop-53
 
 Each configuration runs a few warm-up steps, then times full training steps (forward, backward,
-clipping, AdamW) on random sentences of realistic lengths; the ratios to the first row are printed.
+clipping, AdamW) on random sentences of one length, or with ``--corpus`` on the batches training makes
+of a tokenised corpus (the ``train/train`` files of a model directory: every k-th batch of an epoch,
+after one step of each shape among them); the ratios to the first row are printed.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import time
+from pathlib import Path
 from unittest import mock
 
 import torch
 import torch.nn.functional as F
 
+from lm.data import collate, load_tokenized, make_batches
 from lm.device import cpu_trains_in_bf16
 from lm.model import ModelConfig, RnnLanguageModel
 from lm.train import FUSED_ADAMW_DEVICES
@@ -35,6 +41,36 @@ def random_batch(batch_tokens: int, vocab: int, length: int, device: torch.devic
     return x, y, torch.full((rows,), length, device=device)
 
 
+class CorpusIds:
+    """The special ids ``collate`` needs; a tokenised corpus's own ids are all above them."""
+
+    pad_id, unk_id, bos_id, eos_id = 0, 1, 2, 3
+
+
+def corpus_batches(args, device: torch.device, widths_of_eight: bool) -> list[tuple[torch.Tensor, ...]]:
+    """Every k-th of the batches training makes of ``args.corpus`` in its first epoch, ``args.steps`` in all."""
+    corpus = load_tokenized(Path(args.corpus))
+    if corpus is None:
+        raise SystemExit(f"{args.corpus}: no tokenised corpus (.ids and .offsets files) there")
+    lengths = corpus.lengths
+    if widths_of_eight:  # as batching did before: each sentence counted, and each batch padded, to a multiple of 8
+        lengths = (lengths + 1 + 7) // 8 * 8 - 1
+    batches = make_batches(lengths, args.batch_tokens, torch.Generator().manual_seed(0), MAX_LENGTH)
+    chosen = batches[:: max(1, len(batches) // args.steps)][: args.steps]
+    made = [collate(corpus, indices, CorpusIds, MAX_LENGTH) for indices in chosen]
+    if widths_of_eight:
+        made = [(pad_to_eight(x), pad_to_eight(y), real) for x, y, real in made]
+    return [tuple(t.to(device) for t in batch) for batch in made]
+
+
+def pad_to_eight(tokens: torch.Tensor) -> torch.Tensor:
+    width = -(-tokens.shape[1] // 8) * 8
+    return F.pad(tokens, (0, width - tokens.shape[1]), value=CorpusIds.pad_id)
+
+
+MAX_LENGTH = 256  # training's default --max-length
+
+
 # Earlier implementations of a training step's parts, timed beside the current ones: each variant
 # names the parts it takes from before.
 VARIANTS = {
@@ -43,7 +79,15 @@ VARIANTS = {
     "bernoulli-masks": {"bernoulli-masks"},  # DropConnect masks from F.dropout
     "before": {"unfused-adamw", "bernoulli-masks"},  # both, as training ran before
     "float32-loss": {"float32-loss"},  # the loss's log-softmax in float32 under bf16 autocast too
+    "uniform-masks": {"uniform-masks"},  # DropConnect masks from uniform floats (stops 45 to 52)
+    "widths-of-eight": {"widths-of-eight"},  # batches padded to a multiple of 8 tokens (until stop 53; --corpus)
+    "before-stop-53": {"uniform-masks", "widths-of-eight"},  # both
 }
+
+
+def uniform_drop_connect(weight: torch.Tensor, p: float) -> torch.Tensor:
+    """DropConnect before stop 53: one uniform float per weight."""
+    return weight * ((torch.rand_like(weight) >= p).to(weight.dtype) * (1 / (1 - p)))
 
 
 def float32_token_logprobs(self: RnnLanguageModel, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -57,33 +101,41 @@ def tokens_per_second(model_config: ModelConfig, device: torch.device, bf16: boo
     earlier = VARIANTS[variant]
     fused = "unfused-adamw" not in earlier and device.type in FUSED_ADAMW_DEVICES
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=fused or None)
-    masks = (mock.patch("lm.model.drop_connect", F.dropout)
-             if "bernoulli-masks" in earlier else contextlib.nullcontext())
+    masks = (mock.patch("lm.model.drop_connect", F.dropout) if "bernoulli-masks" in earlier
+             else mock.patch("lm.model.drop_connect", uniform_drop_connect) if "uniform-masks" in earlier
+             else contextlib.nullcontext())
     loss = (mock.patch.object(RnnLanguageModel, "token_logprobs", float32_token_logprobs)
             if "float32-loss" in earlier else contextlib.nullcontext())
+    if args.corpus:
+        batches = corpus_batches(args, device, "widths-of-eight" in earlier)
+        first_of_each_shape = list({batch[0].shape: batch for batch in batches}.values())
+        warmup = [first_of_each_shape[i % len(first_of_each_shape)] for i in range(max(args.warmup, len(first_of_each_shape)))]
+    else:
+        batches = [random_batch(args.batch_tokens, model_config.vocab_size, args.length, device)] * args.steps
+        warmup = batches[:1] * args.warmup
     with masks, loss:
-        return timed_steps(model, optimizer, device, bf16, args)
+        for batch in warmup:
+            training_step(model, optimizer, device, bf16, batch)
+        seconds = sum(training_step(model, optimizer, device, bf16, batch) for batch in batches)
+    return sum(int(batch[2].sum()) for batch in batches) / seconds
 
 
-def timed_steps(model: RnnLanguageModel, optimizer: torch.optim.Optimizer, device: torch.device, bf16: bool,
-                args) -> float:
-    x, y, lengths = random_batch(args.batch_tokens, model.config.vocab_size, args.length, device)
-    times = []
-    for step in range(args.warmup + args.steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = model(x, y, lengths).sum() / lengths.sum()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if step >= args.warmup:
-            times.append(time.perf_counter() - start)
-    return int(lengths.sum()) / (sum(times) / len(times))
+def training_step(model: RnnLanguageModel, optimizer: torch.optim.Optimizer, device: torch.device, bf16: bool,
+                  batch: tuple[torch.Tensor, ...]) -> float:
+    """Seconds one training step (forward, backward, clipping, AdamW) takes on ``batch``."""
+    x, y, lengths = batch
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = model(x, y, lengths).sum() / lengths.sum()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -93,8 +145,10 @@ def main() -> None:
     parser.add_argument("--hidden-dim", type=int, nargs="+", default=[ModelConfig.hidden_dim],
                         help="recurrent state sizes to compare")
     parser.add_argument("--num-layers", type=int, default=ModelConfig.num_layers)
-    parser.add_argument("--batch-tokens", type=int, default=4096)
+    parser.add_argument("--batch-tokens", type=int, nargs="+", default=[4096], help="batch sizes to compare")
     parser.add_argument("--length", type=int, default=24, help="tokens per sentence, </s> included")
+    parser.add_argument("--corpus", help="time the batches training makes of this tokenised corpus "
+                        "(a model directory's train/train) instead of random sentences of --length")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -108,7 +162,8 @@ def main() -> None:
     args = parser.parse_args()
 
     sizes = ", ".join(f"{args.num_layers}x{hidden}" for hidden in args.hidden_dim)
-    print(f"model lstm {sizes}, embedding {args.embedding_dim}, vocabulary {args.vocab}; batch {args.batch_tokens} tokens")
+    batches = ", ".join(map(str, args.batch_tokens))
+    print(f"model lstm {sizes}, embedding {args.embedding_dim}, vocabulary {args.vocab}; batches of {batches} tokens")
     devices = [name for name in args.devices if name != "cuda" or torch.cuda.is_available()]
     if len(devices) < len(args.devices):
         print("cuda: not available here, skipped")
@@ -138,9 +193,12 @@ def measure_size(config: ModelConfig, devices: list[str], args, label: str) -> l
                 if bf16 and device.type == "cpu" and not cpu_trains_in_bf16(config.cell):
                     print(f"{name}: not supported here (no bfloat16 kernel for the cell on this CPU)")
                     continue
-                for variant in args.variants:
-                    suffix = f" {variant}" if len(args.variants) > 1 else ""
-                    rows.append((name + suffix, tokens_per_second(config, device, bf16, args, variant)))
+                for batch_tokens in args.batch_tokens:
+                    for variant in args.variants:
+                        suffix = f" batch {batch_tokens}" if len(args.batch_tokens) > 1 else ""
+                        suffix += f" {variant}" if len(args.variants) > 1 else ""
+                        run = argparse.Namespace(**{**vars(args), "batch_tokens": batch_tokens})
+                        rows.append((name + suffix, tokens_per_second(config, device, bf16, run, variant)))
     return rows
 
 

@@ -248,6 +248,9 @@ def test_drop_connect_zeroes_the_given_share_and_rescales_the_rest():
     assert abs(1 - kept.float().mean().item() - 0.3) < 0.005  # 200,000 draws: 5 standard deviations
     assert torch.allclose(dropped[kept], weight[kept] / 0.7)
     assert abs(dropped.mean().item() / weight.mean().item() - 1) < 0.01  # the expected weight is unchanged
+    # the mask's integers come four to a 64-bit draw: each of the four positions drops its share
+    lanes = (drop_connect(weight, 0.5) != 0).view(-1, 4).float().mean(dim=0)
+    assert torch.allclose(lanes, torch.full((4,), 0.5), atol=0.011)  # 50,000 draws each: 5 standard deviations
 
 
 def test_layer_dropout_acts_between_the_layers_alone_and_an_older_model_drops_its_dropout_there():

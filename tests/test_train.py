@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from collections import Counter
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import lm.metrics_log
 import lm.train
 from conftest import CORPUS, TINY_MODEL, tiny_train_config, write_lines
 from lm.checkpoint import load_model_dir, load_weights
-from lm.data import CorpusError, TokenizedCorpus, load_tokenized
+from lm.data import CorpusError, TokenizedCorpus, collate, load_tokenized, make_batches
 from lm.perplexity import compute_perplexity
 from lm.scorer import SentenceScorer
 from lm.tokenizer import TokenizerConfig
@@ -389,6 +390,24 @@ def test_target_counts_count_every_token_and_one_end_of_sentence_per_sentence(tm
     expected[[3, 5, 6, 7]] = torch.tensor([3, 4, 1, 1])
     for chunk in (2, 4, 100):  # chunk boundaries inside and between sentences
         assert torch.equal(corpus.target_counts(10, eos_id=3, chunk=chunk), expected)
+
+
+def test_batches_hold_every_sentence_once_padded_only_to_their_longest_within_the_token_budget():
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 41, (300,), generator=generator)  # widths that are mostly not multiples of 8
+    ids = torch.randint(4, 50, (int(lengths.sum()),), generator=generator, dtype=torch.int32)
+    corpus = TokenizedCorpus(ids=ids, offsets=torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]))
+    special = types.SimpleNamespace(pad_id=0, bos_id=2, eos_id=3)
+    batches = make_batches(corpus.lengths, 96, torch.Generator().manual_seed(1), max_length=32)
+    assert sorted(torch.cat(batches).tolist()) == list(range(300))
+    real = padded = 0
+    for batch in batches:
+        x, y, batch_lengths = collate(corpus, batch, special, max_length=32)
+        assert torch.equal(batch_lengths, (lengths[batch] + 1).clamp(max=32))
+        assert x.shape[1] == int(batch_lengths.max())  # no column that is padding in every row
+        assert x.numel() <= 96 or len(batch) == 1
+        real, padded = real + int(batch_lengths.sum()), padded + x.numel()
+    assert real / padded > 0.9  # sorted by length: widths rounded up to 8 would waste about a sixth
 
 
 def test_a_new_model_starts_at_the_unigram_cross_entropy_not_the_uniform(tmp_path, small_corpus):
