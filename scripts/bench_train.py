@@ -106,18 +106,23 @@ def tokens_per_second(model_config: ModelConfig, device: torch.device, bf16: boo
              else contextlib.nullcontext())
     loss = (mock.patch.object(RnnLanguageModel, "token_logprobs", float32_token_logprobs)
             if "float32-loss" in earlier else contextlib.nullcontext())
-    if args.corpus:
-        batches = corpus_batches(args, device, "widths-of-eight" in earlier)
-        first_of_each_shape = list({batch[0].shape: batch for batch in batches}.values())
-        warmup = [first_of_each_shape[i % len(first_of_each_shape)] for i in range(max(args.warmup, len(first_of_each_shape)))]
-    else:
-        batches = [random_batch(args.batch_tokens, model_config.vocab_size, args.length, device)] * args.steps
-        warmup = batches[:1] * args.warmup
+    warmup, batches = batches_to_time(args, model_config, device, "widths-of-eight" in earlier)
     with masks, loss:
         for batch in warmup:
             training_step(model, optimizer, device, bf16, batch)
         seconds = sum(training_step(model, optimizer, device, bf16, batch) for batch in batches)
     return sum(int(batch[2].sum()) for batch in batches) / seconds
+
+
+def batches_to_time(args, model_config: ModelConfig, device: torch.device, widths_of_eight: bool):
+    """(warm-up batches, timed batches): with ``--corpus``, one warm-up step for each batch shape."""
+    if not args.corpus:
+        batch = random_batch(args.batch_tokens, model_config.vocab_size, args.length, device)
+        return [batch] * args.warmup, [batch] * args.steps
+    batches = corpus_batches(args, device, widths_of_eight)
+    one_of_each_shape = list({batch[0].shape: batch for batch in batches}.values())
+    steps = max(args.warmup, len(one_of_each_shape))
+    return [one_of_each_shape[i % len(one_of_each_shape)] for i in range(steps)], batches
 
 
 def training_step(model: RnnLanguageModel, optimizer: torch.optim.Optimizer, device: torch.device, bf16: bool,
