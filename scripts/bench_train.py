@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from lm.data import collate, load_tokenized, make_batches
 from lm.device import cpu_trains_in_bf16
 from lm.model import ModelConfig, RnnLanguageModel
+from lm.session import TrainConfig
 from lm.train import FUSED_ADAMW_DEVICES
 
 
@@ -53,22 +54,24 @@ def corpus_batches(args, device: torch.device, widths_of_eight: bool) -> list[tu
     if corpus is None:
         raise SystemExit(f"{args.corpus}: no tokenised corpus (.ids and .offsets files) there")
     lengths = corpus.lengths
+    max_length = TrainConfig.max_length
     if widths_of_eight:  # as batching did before: each sentence counted, and each batch padded, to a multiple of 8
-        lengths = (lengths + 1 + 7) // 8 * 8 - 1
-    batches = make_batches(lengths, args.batch_tokens, torch.Generator().manual_seed(0), MAX_LENGTH)
+        lengths = up_to_eight(lengths + 1) - 1
+    batches = make_batches(lengths, args.batch_tokens, torch.Generator().manual_seed(0), max_length)
     chosen = batches[:: max(1, len(batches) // args.steps)][: args.steps]
-    made = [collate(corpus, indices, CorpusIds, MAX_LENGTH) for indices in chosen]
+    made = [collate(corpus, indices, CorpusIds, max_length) for indices in chosen]
     if widths_of_eight:
         made = [(pad_to_eight(x), pad_to_eight(y), real) for x, y, real in made]
     return [tuple(t.to(device) for t in batch) for batch in made]
 
 
+def up_to_eight(n):
+    """``n`` rounded up to a multiple of 8 (ints or tensors)."""
+    return -(-n // 8) * 8
+
+
 def pad_to_eight(tokens: torch.Tensor) -> torch.Tensor:
-    width = -(-tokens.shape[1] // 8) * 8
-    return F.pad(tokens, (0, width - tokens.shape[1]), value=CorpusIds.pad_id)
-
-
-MAX_LENGTH = 256  # training's default --max-length
+    return F.pad(tokens, (0, up_to_eight(tokens.shape[1]) - tokens.shape[1]), value=CorpusIds.pad_id)
 
 
 # Earlier implementations of a training step's parts, timed beside the current ones: each variant
