@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import time
 from pathlib import Path
 from unittest import mock
@@ -28,10 +29,11 @@ from unittest import mock
 import torch
 import torch.nn.functional as F
 
-from lm.data import collate, load_tokenized, make_batches
+from lm.data import TokenizedCorpus, collate, load_tokenized, make_batches
 from lm.device import cpu_trains_in_bf16
 from lm.model import ModelConfig, RnnLanguageModel
 from lm.session import TrainConfig
+from lm.tokenizer import Tokenizer, TokenizerError
 from lm.train import FUSED_ADAMW_DEVICES
 
 
@@ -42,26 +44,30 @@ def random_batch(batch_tokens: int, vocab: int, length: int, device: torch.devic
     return x, y, torch.full((rows,), length, device=device)
 
 
-class CorpusIds:
-    """The special ids ``collate`` needs; a tokenised corpus's own ids are all above them."""
-
-    pad_id, unk_id, bos_id, eos_id = 0, 1, 2, 3
+@functools.cache
+def load_corpus(prefix: str) -> tuple[TokenizedCorpus, Tokenizer]:
+    """A model directory's tokenised corpus (``DIR/train/train``) and the tokenizer beside it, loaded once."""
+    corpus = load_tokenized(Path(prefix))
+    if corpus is None:
+        raise SystemExit(f"{prefix}: no tokenised corpus (.ids and .offsets files) there")
+    try:
+        return corpus, Tokenizer(Path(prefix).parent / "tokenizer.model")
+    except TokenizerError as e:
+        raise SystemExit(f"{prefix}: {e}") from e
 
 
 def corpus_batches(args, device: torch.device, widths_of_eight: bool) -> list[tuple[torch.Tensor, ...]]:
     """Every k-th of the batches training makes of ``args.corpus`` in its first epoch, ``args.steps`` in all."""
-    corpus = load_tokenized(Path(args.corpus))
-    if corpus is None:
-        raise SystemExit(f"{args.corpus}: no tokenised corpus (.ids and .offsets files) there")
+    corpus, tokenizer = load_corpus(args.corpus)
     lengths = corpus.lengths
     max_length = TrainConfig.max_length
     if widths_of_eight:  # as batching did before: each sentence counted, and each batch padded, to a multiple of 8
         lengths = up_to_eight(lengths + 1) - 1
     batches = make_batches(lengths, args.batch_tokens, torch.Generator().manual_seed(0), max_length)
     chosen = batches[:: max(1, len(batches) // args.steps)][: args.steps]
-    made = [collate(corpus, indices, CorpusIds, max_length) for indices in chosen]
+    made = [collate(corpus, indices, tokenizer, max_length) for indices in chosen]
     if widths_of_eight:
-        made = [(pad_to_eight(x), pad_to_eight(y), real) for x, y, real in made]
+        made = [(pad_to_eight(x, tokenizer.pad_id), pad_to_eight(y, tokenizer.pad_id), real) for x, y, real in made]
     return [tuple(t.to(device) for t in batch) for batch in made]
 
 
@@ -70,8 +76,8 @@ def up_to_eight(n):
     return -(-n // 8) * 8
 
 
-def pad_to_eight(tokens: torch.Tensor) -> torch.Tensor:
-    return F.pad(tokens, (0, up_to_eight(tokens.shape[1]) - tokens.shape[1]), value=CorpusIds.pad_id)
+def pad_to_eight(tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
+    return F.pad(tokens, (0, up_to_eight(tokens.shape[1]) - tokens.shape[1]), value=pad_id)
 
 
 # Earlier implementations of a training step's parts, timed beside the current ones: each variant
@@ -148,7 +154,7 @@ def training_step(model: RnnLanguageModel, optimizer: torch.optim.Optimizer, dev
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--vocab", type=int, default=8000)
+    parser.add_argument("--vocab", type=int, default=8000, help="vocabulary size (with --corpus: its tokenizer's)")
     parser.add_argument("--embedding-dim", type=int, default=ModelConfig.embedding_dim)
     parser.add_argument("--hidden-dim", type=int, nargs="+", default=[ModelConfig.hidden_dim],
                         help="recurrent state sizes to compare")
@@ -156,7 +162,7 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, nargs="+", default=[4096], help="batch sizes to compare")
     parser.add_argument("--length", type=int, default=24, help="tokens per sentence, </s> included")
     parser.add_argument("--corpus", help="time the batches training makes of this tokenised corpus "
-                        "(a model directory's train/train) instead of random sentences of --length")
+                        "(a model directory's train/train, its tokenizer.model beside it) instead of random sentences of --length")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -168,6 +174,8 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["current"],
                         help="the current training step and earlier implementations of its parts")
     args = parser.parse_args()
+    if args.corpus:  # its ids index the tokenizer's vocabulary
+        args.vocab = load_corpus(args.corpus)[1].vocab_size
 
     sizes = ", ".join(f"{args.num_layers}x{hidden}" for hidden in args.hidden_dim)
     batches = ", ".join(map(str, args.batch_tokens))
