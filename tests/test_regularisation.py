@@ -43,7 +43,7 @@ def test_a_corpus_under_the_threshold_gets_the_small_corpus_settings_and_one_at_
     assert "a small corpus" in note and "--weight-dropout 0.3" in note
     large, note = resolve_regularisation(ARCHITECTURE, int(threshold_tokens()) + 1, 50)
     assert {name: large[name] for name in LARGE_CORPUS} == LARGE_CORPUS
-    assert "at least 0.06" in note and "small" not in note
+    assert "at least 0.12" in note and "small" not in note
 
 
 def test_a_given_setting_is_kept_and_only_the_unset_ones_follow_the_corpus():
@@ -52,6 +52,14 @@ def test_a_given_setting_is_kept_and_only_the_unset_ones_follow_the_corpus():
     assert settings["layer_dropout"] == 0.25 and "--dropout " not in note and "--layer-dropout 0.25" in note
     given = {**ARCHITECTURE, "dropout": 0.1, "weight_dropout": 0.0, "embedding_dropout": 0.0, "layer_dropout": 0.1}
     assert resolve_regularisation(given, 10, 50) == (given, None)
+
+
+def test_a_one_layer_network_is_not_told_of_dropout_between_layers_it_does_not_have():
+    settings, note = resolve_regularisation({**ARCHITECTURE, "num_layers": 1}, 10, 50)
+    assert "--layer-dropout" not in note and "--dropout 0.5" in note
+    stacked_settings, stacked_note = resolve_regularisation(ARCHITECTURE, 10, 50)
+    assert "--layer-dropout 0.25" in stacked_note
+    assert settings["layer_dropout"] == stacked_settings["layer_dropout"]  # recorded all the same
 
 
 @pytest.mark.parametrize("small", [True, False])
