@@ -24,7 +24,7 @@ class ModelConfig:
     vocab_size: int
     embedding_dim: int = 256
     hidden_dim: int = 512
-    num_layers: int = 1  # one layer beat two in perplexity and error rate at the same budget (docs/training.md)
+    num_layers: int = 1  # one beat two in perplexity in the same budget, error rates level or better (docs/training.md)
     cell: str = "lstm"
     dropout: float = 0.2
     tie_weights: bool = True
