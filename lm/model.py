@@ -44,6 +44,11 @@ class ModelConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
 
     @property
+    def stacked(self) -> bool:
+        """Whether the network has layers to drop out between (``layer_dropout`` acts only then)."""
+        return self.num_layers > 1
+
+    @property
     def between_layers(self) -> float:
         """The dropout on the outputs of each stacked layer but the last."""
         return self.dropout if self.layer_dropout is None else self.layer_dropout
@@ -71,7 +76,7 @@ class RnnLanguageModel(nn.Module):
             config.embedding_dim,
             config.hidden_dim,
             num_layers=config.num_layers,
-            dropout=config.between_layers if config.num_layers > 1 else 0.0,
+            dropout=config.between_layers if config.stacked else 0.0,
             batch_first=True,
         )
         output_dim = config.hidden_dim

@@ -33,11 +33,14 @@ MIN_EPOCHS_FOR_SMALL_CORPUS = 24
 MAX_EPOCHS_FOR_LARGE_CORPUS_SETTINGS = 4  # zh-rmrb: the large-corpus settings beat the strong ones with 3
 
 
+def architecture(model_settings: dict, vocab_size: int) -> ModelConfig:
+    """The network these settings describe, its regularisers left aside."""
+    return ModelConfig(vocab_size=vocab_size, **{k: v for k, v in model_settings.items() if k not in DROPOUTS})
+
+
 def count_weights(model_settings: dict, vocab_size: int) -> int:
     """The trainable weights of the network these settings describe (tied weights counted once)."""
-    architecture = {k: v for k, v in model_settings.items() if k not in DROPOUTS}
-    model = RnnLanguageModel(ModelConfig(vocab_size=vocab_size, **architecture))
-    return sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in RnnLanguageModel(architecture(model_settings, vocab_size)).parameters())
 
 
 def resolve_regularisation(
@@ -67,7 +70,7 @@ def resolve_regularisation(
             why += ", so the large-corpus settings" if strength == 0.0 else f", so {strength:.0%} of the way to them"
     chosen = {name: between(LARGE_CORPUS[name], SMALL_CORPUS[name], strength) for name in missing}
     settings = {**model_settings, **chosen}
-    stacked = model_settings.get("num_layers", ModelConfig.num_layers) > 1  # one layer has nothing between layers
+    stacked = architecture(model_settings, vocab_size).stacked
     values = " ".join(f"--{name.replace('_', '-')} {value:g}" for name, value in chosen.items()
                       if stacked or name != "layer_dropout")
     note = f"{train_tokens:,} training tokens, {per_weight:.3f} per network weight ({why}): {values}"
