@@ -50,7 +50,9 @@ class ModelConfig:
 
     @property
     def between_layers(self) -> float:
-        """The dropout on the outputs of each stacked layer but the last."""
+        """The dropout on the outputs of each stacked layer but the last (0 for one layer: none to drop)."""
+        if not self.stacked:
+            return 0.0
         return self.dropout if self.layer_dropout is None else self.layer_dropout
 
 
@@ -76,7 +78,7 @@ class RnnLanguageModel(nn.Module):
             config.embedding_dim,
             config.hidden_dim,
             num_layers=config.num_layers,
-            dropout=config.between_layers if config.stacked else 0.0,
+            dropout=config.between_layers,
             batch_first=True,
         )
         output_dim = config.hidden_dim

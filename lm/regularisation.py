@@ -38,9 +38,9 @@ def architecture(model_settings: dict, vocab_size: int) -> ModelConfig:
     return ModelConfig(vocab_size=vocab_size, **{k: v for k, v in model_settings.items() if k not in DROPOUTS})
 
 
-def count_weights(model_settings: dict, vocab_size: int) -> int:
-    """The trainable weights of the network these settings describe (tied weights counted once)."""
-    return sum(p.numel() for p in RnnLanguageModel(architecture(model_settings, vocab_size)).parameters())
+def count_weights(network: ModelConfig) -> int:
+    """The trainable weights of the network (tied weights counted once)."""
+    return sum(p.numel() for p in RnnLanguageModel(network).parameters())
 
 
 def resolve_regularisation(
@@ -56,7 +56,8 @@ def resolve_regularisation(
     missing = [name for name in DROPOUTS if model_settings.get(name) is None]
     if not missing:
         return dict(model_settings), None
-    per_weight = train_tokens / count_weights(model_settings, vocab_size)
+    network = architecture(model_settings, vocab_size)
+    per_weight = train_tokens / count_weights(network)
     small = per_weight < SMALL_CORPUS_TOKENS_PER_WEIGHT
     why = f"under {SMALL_CORPUS_TOKENS_PER_WEIGHT:g}: a small corpus, which the network would memorise" if small \
         else f"at least {SMALL_CORPUS_TOKENS_PER_WEIGHT:g}"
@@ -70,9 +71,8 @@ def resolve_regularisation(
             why += ", so the large-corpus settings" if strength == 0.0 else f", so {strength:.0%} of the way to them"
     chosen = {name: between(LARGE_CORPUS[name], SMALL_CORPUS[name], strength) for name in missing}
     settings = {**model_settings, **chosen}
-    stacked = architecture(model_settings, vocab_size).stacked
     values = " ".join(f"--{name.replace('_', '-')} {value:g}" for name, value in chosen.items()
-                      if stacked or name != "layer_dropout")
+                      if network.stacked or name != "layer_dropout")
     note = f"{train_tokens:,} training tokens, {per_weight:.3f} per network weight ({why}): {values}"
     return settings, note
 

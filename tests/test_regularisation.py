@@ -14,8 +14,8 @@ from lm.distributed import World
 from lm.launch import run
 from lm.model import DROPOUTS
 from lm.regularisation import (
-    LARGE_CORPUS, MAX_EPOCHS_FOR_LARGE_CORPUS_SETTINGS, MIN_EPOCHS_FOR_SMALL_CORPUS, SMALL_CORPUS, count_weights,
-    resolve_regularisation, strength_for_epochs,
+    LARGE_CORPUS, MAX_EPOCHS_FOR_LARGE_CORPUS_SETTINGS, MIN_EPOCHS_FOR_SMALL_CORPUS, SMALL_CORPUS, architecture,
+    count_weights, resolve_regularisation, strength_for_epochs,
 )
 from lm.session import TrainConfig
 from lm.tokenizer import TokenizerConfig
@@ -28,13 +28,13 @@ def test_weights_are_counted_once_where_the_embedding_and_output_layer_share_the
     vocab, embedding, hidden = 50, 16, 24
     lstm = 4 * hidden * (embedding + hidden + 2) + 4 * hidden * (hidden + hidden + 2)
     tied = vocab * embedding + lstm + hidden * embedding + embedding + vocab  # projection 24 -> 16, output bias
-    assert count_weights(ARCHITECTURE, vocab) == tied
+    assert count_weights(architecture(ARCHITECTURE, vocab)) == tied
     untied = vocab * embedding + lstm + vocab * hidden + vocab
-    assert count_weights({**ARCHITECTURE, "tie_weights": False}, vocab) == untied
+    assert count_weights(architecture({**ARCHITECTURE, "tie_weights": False}, vocab)) == untied
 
 
 def threshold_tokens(vocab: int = 50) -> float:
-    return regularisation.SMALL_CORPUS_TOKENS_PER_WEIGHT * count_weights(ARCHITECTURE, vocab)
+    return regularisation.SMALL_CORPUS_TOKENS_PER_WEIGHT * count_weights(architecture(ARCHITECTURE, vocab))
 
 
 def test_a_corpus_under_the_threshold_gets_the_small_corpus_settings_and_one_at_it_the_usual_ones():
