@@ -1,7 +1,8 @@
 """Perplexity of a model on a text, per token, per character and per word.
 
 Per-character and per-word figures let models with different tokenisers be compared; the end of
-sentence counts as one unit in each (as n-gram toolkits count it).
+sentence counts as one unit in each (as n-gram toolkits count it). A model with both directions is
+measured as the equal mixture of their sentence probabilities (:func:`mix_directions`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+
+import numpy as np
 
 from lm.scorer import SentenceScorer
 
@@ -61,8 +64,37 @@ class PerplexityReport:
         )
 
 
+@dataclass
+class SentenceLogprobs:
+    """Each sentence's log-probability under one model, and the tokens scored (``</s>`` included)."""
+
+    logprobs: list[float]
+    tokens: int
+
+    def report(self, sentences: Sequence[str]) -> PerplexityReport:
+        return PerplexityReport.of(sentences, sum(self.logprobs), self.tokens)
+
+
+def score_sentences(scorer: SentenceScorer, sentences: Sequence[str]) -> SentenceLogprobs:
+    scores = scorer.score_detailed(sentences)
+    return SentenceLogprobs([s.logprob for s in scores], sum(s.num_tokens for s in scores))
+
+
 def compute_perplexity(scorer: SentenceScorer, sentences: Sequence[str]) -> PerplexityReport:
     """Score every sentence (duplicates count each time) and total the units."""
-    scores = scorer.score_detailed(sentences)
-    return PerplexityReport.of(sentences, sum(s.logprob for s in scores), sum(s.num_tokens for s in scores))
+    return score_sentences(scorer, sentences).report(sentences)
+
+
+def mix_directions(sentences: Sequence[str], forward: SentenceLogprobs, backward: SentenceLogprobs) -> PerplexityReport:
+    """The report of P(s) = ½ P_forward(s) + ½ P_backward(s) for each sentence.
+
+    Each direction is a distribution over whole sentences, so their mixture is one too: a proper
+    perplexity, lower than either where the two are unsure of different sentences. Equal weights,
+    since neither direction is the better one in general; the token count is the forward model's
+    (both read the same tokens).
+    """
+    if len(forward.logprobs) != len(sentences) or len(backward.logprobs) != len(sentences):
+        raise ValueError("each direction must score every sentence once")
+    mixed = np.logaddexp(np.asarray(forward.logprobs), np.asarray(backward.logprobs)) + math.log(0.5)
+    return PerplexityReport.of(sentences, float(mixed.sum()), forward.tokens)
 

@@ -127,28 +127,16 @@ def train(
 def perplexity(
     paths: Annotated[list[Path], typer.Argument(help="[MODEL_DIR] TEXT: a text file, one sentence per line.")],
     model: ModelOption = None,
+    direction: Annotated[str, typer.Option(help="forward, backward, both (each sentence's probability is the mean of the two directions'), or auto: both where the model has a backward direction.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     threads: ThreadsOption = 1,
     device: DeviceOption = "cpu",
 ) -> None:
-    """Log-probability and perplexity (per token, character and word) of a text under a model."""
-    from lm.data import CorpusError, iter_corpus_lines
-    from lm.perplexity import compute_perplexity
-    from lm.scorer import SentenceScorer
-    from pipeline.models import load_scorer
+    """Log-probability and perplexity (per token, character and word) of a text under a model, and of each direction and part."""
+    from pipeline.perplexity_command import measure_perplexity
 
     model_dir, text = split_model_argument(paths, model, "TEXT")
-    if threads < 1:
-        raise UsageError(f"--threads must be at least 1, got {threads}")
-    scorer = load_scorer(model_dir, threads=threads, device=device)
-    sentences = list(iter_corpus_lines([text]))
-    if not sentences:
-        raise CorpusError(f"{text}: no sentences (empty lines only); nothing to measure")
-    result = compute_perplexity(scorer, sentences).as_dict()
-    parts = ["network", "ngram"] if scorer.lm.ngram is not None else []
-    for part in parts:  # which part carries the model: each scored alone on the same text
-        part_scorer = SentenceScorer(scorer.lm.part(part), batch_tokens=scorer.batch_tokens, threads=threads)
-        result[part] = compute_perplexity(part_scorer, sentences).as_dict()
+    result = measure_perplexity(model_dir, text, direction, threads, device)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -157,6 +145,8 @@ def perplexity(
             typer.echo(f"{name:>12}  " + ", ".join(f"{k} {v:,.2f}" for k, v in value.items() if k.startswith("ppl_") and v is not None))
         elif value is None:
             typer.echo(f"{name:>12}  - (no spaces: no words)")
+        elif isinstance(value, str):
+            typer.echo(f"{name:>12}  {value}")
         else:
             typer.echo(f"{name:>12}  {value:,.4f}" if isinstance(value, float) else f"{name:>12}  {value:,}")
 

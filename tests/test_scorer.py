@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from conftest import CORPUS, make_random_model_dir
 from lm.checkpoint import CONFIG_FILE, LanguageModel, load_model_dir
-from lm.perplexity import PerplexityReport, compute_perplexity
+from lm.perplexity import PerplexityReport, SentenceLogprobs, compute_perplexity, mix_directions
 from lm.scorer import SentenceScorer, build_trie, pools_by_budget, score_one_at_a_time, score_padded
 
 TOLERANCE = 1e-4
@@ -278,6 +278,19 @@ def test_perplexity_counts_units_by_hand(sharp_lm):
     assert twice.tokens == report.tokens + len(ids[0]) + 1
     assert twice.logprob == pytest.approx(report.logprob + score_one_at_a_time(sharp_lm, ids[:1])[0], abs=TOLERANCE)
     assert set(report.as_dict()) >= {"ppl_token", "ppl_char", "ppl_word", "tokens", "characters", "words"}
+
+
+def test_the_mixture_of_two_directions_averages_sentence_probabilities():
+    texts = ["in the beginning", "历史告诉我们"]
+    forward, backward = SentenceLogprobs([-2.0, -10.0], tokens=9), SentenceLogprobs([-4.0, -3.0], tokens=9)
+    report = mix_directions(texts, forward, backward)
+    expected = math.log(0.5 * math.exp(-2) + 0.5 * math.exp(-4)) + math.log(0.5 * math.exp(-10) + 0.5 * math.exp(-3))
+    assert report.logprob == pytest.approx(expected, rel=1e-12)
+    assert report.tokens == 9 and report.characters == forward.report(texts).characters
+    identical = mix_directions(texts, forward, forward)  # two equal models mix to themselves
+    assert identical.logprob == pytest.approx(sum(forward.logprobs), rel=1e-12)
+    with pytest.raises(ValueError, match="every sentence"):
+        mix_directions(texts, forward, SentenceLogprobs([-1.0], tokens=3))
 
 
 def test_perplexity_of_text_is_per_word_with_spaces_and_per_character_without():
